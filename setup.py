@@ -1,0 +1,46 @@
+"""
+Packaging for txgearmand.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+setup(
+    name="txgearmand",
+    version="0.1.0",
+    description="A Gearman job server on Twisted, usable with twistd or embedded.",
+    long_description=Path(__file__).with_name("README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=["txgearmand", "txgearmand.test", "twisted.plugins"],
+    package_data={"txgearmand": ["py.typed"]},
+    install_requires=[
+        "Twisted>=23.10",
+        "zope.interface>=5",
+        "attrs>=22.2",
+    ],
+    extras_require={
+        "test": [
+            "hypothesis>=6.50",
+            "gear>=0.16",
+            "coverage>=7",
+        ],
+        "dev": [
+            "hypothesis>=6.50",
+            "gear>=0.16",
+            "coverage>=7",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "ruff>=0.5",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: Implementation :: CPython",
+        "Programming Language :: Python :: Implementation :: PyPy",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

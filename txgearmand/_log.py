@@ -1,0 +1,48 @@
+# -*- test-case-name: txgearmand.test.test_tap -*-
+"""
+Logging: every txgearmand logger goes through one level filter, which
+C{--verbose} sets.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+
+__all__ = ["LEVELS", "logger", "set_level"]
+
+#: C gearmand's verbosity names and the Twisted level each one shows.
+LEVELS: dict[str, LogLevel] = {
+    "FATAL": LogLevel.critical,
+    "ALERT": LogLevel.critical,
+    "CRITICAL": LogLevel.critical,
+    "ERROR": LogLevel.error,
+    "WARNING": LogLevel.warn,
+    "NOTICE": LogLevel.info,
+    "INFO": LogLevel.info,
+    "DEBUG": LogLevel.debug,
+}
+
+_predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+
+_observer = FilteringLogObserver(globalLogPublisher, [_predicate])
+
+
+def logger(namespace: str) -> Logger:
+    """
+    A logger whose events pass the C{--verbose} filter.
+    """
+    return Logger(namespace=namespace, observer=_observer)
+
+
+def set_level(name: str) -> None:
+    """
+    Show events at this C gearmand level name and above.
+    """
+    _predicate.setLogLevelForNamespace("", LEVELS[name.upper()])

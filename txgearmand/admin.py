@@ -1,0 +1,241 @@
+# -*- test-case-name: txgearmand.test.test_admin -*-
+"""
+The text administrative protocol, on the same port as the binary one.
+
+C gearmand's commands (C{status}, C{prioritystatus}, C{workers},
+C{maxqueue}, C{show jobs}, C{show unique jobs}, C{cancel job},
+C{create function}, C{drop function}, C{getpid}, C{verbose}, C{version})
+and Gearman::Server's (C{jobs}, C{clients}, C{shutdown [graceful]}), each
+answering byte for byte as the peer that has it does.  A reply is built
+whole and sent in one write: C{gearadmin} stops reading after 5 ms of
+silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from txgearmand import __version__
+from txgearmand.job import JobState
+from txgearmand.server import GearmanError
+
+if TYPE_CHECKING:
+    from txgearmand.protocol import GearmanProtocol
+
+__all__ = ["COMMANDS", "handle_line"]
+
+_END = b".\n"
+_OK = b"OK\r\n"
+_MAX_WORDS = 5
+
+
+def _err_incomplete(command: bytes) -> bytes:
+    return (
+        b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+%s\r\n"
+        % command
+    )
+
+
+def _err_unknown(word: bytes) -> bytes:
+    return b"ERR UNKNOWN_COMMAND Unknown+server+command%s\r\n" % word
+
+
+def _status(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    lines = [
+        b"%s\t%d\t%d\t%d\n" % (fq.name, fq.total(), fq.running, len(fq.workers))
+        for fq in conn.server.functions()
+    ]
+    lines.append(_END)
+    return b"".join(lines)
+
+
+def _prioritystatus(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    lines = [
+        b"%s\t%d\t%d\t%d\t%d\n"
+        % (
+            fq.name,
+            fq.queued[0],
+            fq.queued[1] + fq.scheduled,
+            fq.queued[2],
+            len(fq.workers),
+        )
+        for fq in conn.server.functions()
+    ]
+    lines.append(_END)
+    return b"".join(lines)
+
+
+def _workers(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    lines = []
+    for other in sorted(conn.server.clients(), key=lambda c: c.fileno()):
+        functions = b"".join(b" " + name for name in other.abilities)
+        lines.append(
+            b"%d %s %s :%s\n"
+            % (other.fileno(), other.peer_host().encode("ascii"), other.client_id, functions)
+        )
+    lines.append(_END)
+    return b"".join(lines)
+
+
+def _maxqueue(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    if not args:
+        return _err_incomplete(b"maxqueue")
+    function, numbers = args[0], args[1:]
+    if len(numbers) > 3:
+        return b"ERR INVALID_ARGUMENTS Too+many+arguments+were+sent+to+this+command+maxqueue\r\n"
+    try:
+        limits = [int(n) for n in numbers]
+    except ValueError:
+        return b"ERR INVALID_ARGUMENTS maxqueue+limits+must+be+integers\r\n"
+    if not limits:
+        conn.server.set_max_queue(function, 0)
+    elif len(limits) == 1:
+        conn.server.set_max_queue(function, limits[0])
+    elif len(limits) == 2:
+        conn.server.set_max_queue(function, limits[0], limits[1], 0)
+    else:
+        conn.server.set_max_queue(function, limits[0], limits[1], limits[2])
+    return _OK
+
+
+def _show(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    if not args:
+        return _err_unknown(b"show")
+    what = [a.lower() for a in args]
+    server = conn.server
+    if what == [b"jobs"]:
+        lines = [
+            b"%s\t%d\t0\t%d\n" % (job.handle, job.retries, 1 if job.background else 0)
+            for job in server.jobs()
+        ]
+    elif what == [b"unique", b"jobs"]:
+        lines = [job.unique + b"\n" for job in server.jobs()]
+    else:
+        return b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
+    lines.append(_END)
+    return b"".join(lines)
+
+
+def _cancel(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    if len(args) != 2:
+        return _err_unknown(b"cancel")
+    if args[0].lower() != b"job":
+        return b"ERR UNKNOWN_ERROR\r\n"
+    if conn.server.cancel_job(args[1]):
+        return _OK
+    return b"ERR UNKNOWN_JOB\r\n"
+
+
+def _create(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    if len(args) != 2 or args[0].lower() != b"function":
+        return _err_incomplete(b"create")
+    conn.server.create_function(args[1])
+    return _OK
+
+
+def _drop(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    if len(args) != 2 or args[0].lower() != b"function":
+        return _err_incomplete(b"drop")
+    try:
+        dropped = conn.server.drop_function(args[1])
+    except GearmanError as e:
+        return b"ERR %s\r\n" % (e.text,)
+    if dropped is None:
+        return b"ERR function not found\r\n"
+    return _OK
+
+
+def _getpid(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    return b"OK %d\n" % (conn.server.pid,)
+
+
+def _verbose(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    return b"OK %s\n" % (conn.server.verbose.encode("ascii"),)
+
+
+def _version(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    return b"OK %s\n" % (__version__.encode("ascii"),)
+
+
+def _jobs(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    lines = []
+    for job in conn.server.jobs():
+        worker = job.worker.describe().encode("ascii") if job.worker is not None else b"-"
+        lines.append(b"%s\t%s\t%s\t%d\n" % (job.queue.name, job.unique, worker, len(job.listeners)))
+    lines.append(_END)
+    return b"".join(lines)
+
+
+def _clients(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    lines = []
+    for client in conn.server.clients():
+        lines.append(client.describe().encode("ascii") + b"\n")
+        for job in client.listening:
+            if job.state is JobState.DONE:
+                continue
+            worker = job.worker.describe().encode("ascii") if job.worker is not None else b"-"
+            lines.append(b"\t%s\t%s\t%s\n" % (job.queue.name, job.unique, worker))
+    lines.append(_END)
+    return b"".join(lines)
+
+
+def _shutdown(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+    server = conn.server
+    policy = server.admin_shutdown
+    if policy == "never":
+        return _err_unknown(b"shutdown")
+    if policy == "local" and not conn.is_local():
+        return b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+local+connections\r\n"
+    if server.on_shutdown is None:
+        return b"ERR NOT_SUPPORTED this+server+has+no+shutdown+action\r\n"
+    if args == [b"graceful"]:
+        graceful = True
+    elif not args:
+        graceful = False
+    else:
+        return b"ERR unknown_args Unknown+arguments+to+server+command\r\n"
+    conn.log.info(
+        "{how} shutdown requested by {peer}",
+        how="Graceful" if graceful else "Immediate",
+        peer=conn.describe(),
+    )
+    server.shutdown(graceful)
+    return b"OK\n"
+
+
+#: Command word (lower case) to the function that builds its reply.
+COMMANDS: dict[bytes, Callable[[GearmanProtocol, list[bytes]], bytes]] = {
+    b"status": _status,
+    b"prioritystatus": _prioritystatus,
+    b"workers": _workers,
+    b"maxqueue": _maxqueue,
+    b"show": _show,
+    b"cancel": _cancel,
+    b"create": _create,
+    b"drop": _drop,
+    b"getpid": _getpid,
+    b"verbose": _verbose,
+    b"version": _version,
+    b"jobs": _jobs,
+    b"clients": _clients,
+    b"shutdown": _shutdown,
+}
+
+
+def handle_line(conn: GearmanProtocol, line: bytes) -> None:
+    """
+    Answer one admin text line on a connection.
+    """
+    words = line.split()
+    if not words:
+        conn.send_raw(_err_unknown(b""))
+        return
+    if len(words) > _MAX_WORDS:
+        conn.send_raw(b"ERR TOO_MANY_ARGS Too+many+arguments+in+one+command\r\n")
+        return
+    command = COMMANDS.get(words[0].lower())
+    if command is None:
+        conn.send_raw(_err_unknown(words[0]))
+        return
+    conn.send_raw(command(conn, words[1:]))

@@ -1,0 +1,292 @@
+# -*- test-case-name: txgearmand.test.test_tap -*-
+"""
+The command line of C{twistd gearmand}, and the service tree it runs.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.python import usage
+
+from txgearmand import _log
+from txgearmand.protocol import GearmanServerFactory
+from txgearmand.server import ADMIN_SHUTDOWN_POLICIES, JobServer
+
+__all__ = ["GearmandService", "Options", "makeService"]
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)i?[bB]?\s*$")
+_SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_TIMEOUT_UNITS = {
+    "ms": "milliseconds",
+    "millisecond": "milliseconds",
+    "milliseconds": "milliseconds",
+    "s": "seconds",
+    "sec": "seconds",
+    "second": "seconds",
+    "seconds": "seconds",
+}
+
+
+def parse_size(value: str) -> int:
+    """
+    A byte count such as C{65536}, C{64K}, C{64M} or C{1G}.
+    """
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"not a size: {value!r}")
+    return int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()]
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd gearmand}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A Gearman job server. Listens on tcp:4730 unless --port is given; "
+        "--port takes a port number or any Twisted server endpoint string "
+        "and may be repeated."
+    )
+
+    optFlags = [
+        [
+            "exceptions",
+            None,
+            "Forward WORK_EXCEPTION to every client, not only to those that asked "
+            "for it with OPTION_REQ.",
+        ],
+    ]
+
+    optParameters: list[list[Any]] = [
+        [
+            "wakeup",
+            None,
+            3,
+            "Sleeping workers woken (NOOP) per queued job: N, 0 for none, -1 for all.",
+            int,
+        ],
+        [
+            "wakeup-delay",
+            None,
+            0.1,
+            "Seconds between further wake-ups while a function still has queued "
+            "jobs and sleeping workers; 0 for the next reactor turn, -1 for never.",
+            float,
+        ],
+        [
+            "job-retries",
+            "j",
+            0,
+            "Failed attempts (worker lost, CANT_DO, timeout) after which a job "
+            "fails with WORK_FAIL; 0 retries forever.",
+            int,
+        ],
+        [
+            "job-handle-prefix",
+            None,
+            None,
+            "Job handles are PREFIX:N [default: H:<hostname>].",
+        ],
+        [
+            "max-packet-size",
+            None,
+            "64M",
+            "Largest packet body accepted (bytes, or with K, M, G); a larger one "
+            "gets ERROR and its connection is closed.",
+        ],
+        [
+            "timeout-unit",
+            None,
+            "milliseconds",
+            "Unit of CAN_DO_TIMEOUT values: milliseconds (C gearmand, libgearman "
+            "workers; under a second counts as one) or seconds (Perl Gearman::Worker).",
+        ],
+        [
+            "admin-shutdown",
+            None,
+            "local",
+            "Who may use the admin 'shutdown [graceful]' command: never, local "
+            "(loopback and UNIX-socket connections) or any.",
+        ],
+        [
+            "verbose",
+            None,
+            "INFO",
+            "Log level: FATAL, ALERT, CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG.",
+        ],
+    ]
+
+    compData = usage.Completions(
+        optActions={
+            "timeout-unit": usage.CompleteList(["milliseconds", "seconds"]),
+            "admin-shutdown": usage.CompleteList(list(ADMIN_SHUTDOWN_POLICIES)),
+            "verbose": usage.CompleteList(list(_log.LEVELS)),
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["ports"] = []
+        self["max-queue"] = {}
+
+    def opt_port(self, description: str) -> None:
+        """
+        Listen here: a port number (4730) or a Twisted server endpoint
+        (tcp:4730:interface=127.0.0.1, tcp6:4730, unix:/run/gearmand.sock,
+        ssl:4730:privateKey=key.pem:certKey=cert.pem, systemd:...).
+        Repeatable [default: tcp:4730].
+        """
+        description = description.strip()
+        if description.isdigit():
+            description = "tcp:" + description
+        self["ports"].append(description)
+
+    opt_p = opt_port
+
+    def opt_max_queue(self, value: str) -> None:
+        """
+        Limit a function's jobs (queued and running): FUNC=N for every
+        priority, or FUNC=HIGH,NORMAL,LOW; 0 is unlimited. Repeatable.
+        """
+        function, sep, limits = value.rpartition("=")
+        if not sep or not function:
+            raise usage.UsageError(f"--max-queue wants FUNC=N or FUNC=H,N,L, not {value!r}")
+        try:
+            numbers = [int(n) for n in limits.split(",")]
+        except ValueError:
+            raise usage.UsageError(f"--max-queue limits must be integers: {value!r}") from None
+        if len(numbers) not in (1, 3):
+            raise usage.UsageError(f"--max-queue wants FUNC=N or FUNC=H,N,L, not {value!r}")
+        self["max-queue"][function.encode("utf-8")] = (
+            numbers[0] if len(numbers) == 1 else tuple(numbers)
+        )
+
+    def postOptions(self) -> None:
+        """
+        Fill defaults and check values.
+        """
+        if not self["ports"]:
+            self["ports"].append("tcp:4730")
+        if self["wakeup"] < -1:
+            raise usage.UsageError("--wakeup must be -1 (all), 0 (none) or a positive count")
+        delay = self["wakeup-delay"]
+        if delay < 0 and delay != -1:
+            raise usage.UsageError("--wakeup-delay must be -1 (never) or seconds >= 0")
+        if self["job-retries"] < 0:
+            raise usage.UsageError("--job-retries must be 0 (unlimited) or more")
+        try:
+            self["max-packet-size"] = parse_size(str(self["max-packet-size"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-packet-size: {e}") from None
+        if self["max-packet-size"] < 1:
+            raise usage.UsageError("--max-packet-size must be positive")
+        unit = _TIMEOUT_UNITS.get(str(self["timeout-unit"]).lower())
+        if unit is None:
+            raise usage.UsageError("--timeout-unit must be milliseconds or seconds")
+        self["timeout-unit"] = unit
+        if self["admin-shutdown"] not in ADMIN_SHUTDOWN_POLICIES:
+            raise usage.UsageError("--admin-shutdown must be never, local or any")
+        level = str(self["verbose"]).upper()
+        if level not in _log.LEVELS:
+            raise usage.UsageError("--verbose must be one of " + ", ".join(_log.LEVELS))
+        self["verbose"] = level
+        prefix = self["job-handle-prefix"]
+        if prefix is None:
+            prefix = "H:" + socket.gethostname()
+        if not prefix or len(prefix.encode("utf-8")) > 52:
+            raise usage.UsageError("--job-handle-prefix must be 1 to 52 bytes")
+        self["job-handle-prefix"] = prefix
+
+
+class GearmandService(MultiService):
+    """
+    A L{JobServer} and the ports that serve it.
+
+    Stops in order: first the ports (no new connections), then the job
+    server.
+
+    @ivar job_server: the L{JobServer}.
+    """
+
+    def __init__(self, job_server: JobServer) -> None:
+        super().__init__()
+        self.job_server = job_server
+        self._ports: list[IService] = []
+        self._ports_stopped: Deferred[Any] | None = None
+
+    def add_port(self, port: IService) -> None:
+        """
+        Add a listening service (a C{StreamServerEndpointService}).
+        """
+        self._ports.append(port)
+        port.setServiceParent(self)
+
+    def stop_listening(self) -> Deferred[None]:
+        """
+        Stop every port (once); the Deferred fires when they have stopped.
+        """
+        if self._ports_stopped is None:
+            self._ports_stopped = DeferredList(
+                [maybeDeferred(p.stopService) for p in self._ports if p.running],
+                consumeErrors=True,
+            )
+        d: Deferred[None] = Deferred()
+
+        def done(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._ports_stopped.addBoth(done)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening, then stop the job server.
+        """
+        self.running = False
+
+        def stop_server(_: object) -> Deferred[None]:
+            return maybeDeferred(self.job_server.stopService)
+
+        d = self.stop_listening()
+        d.addCallback(stop_server)
+        return d.addCallback(lambda _: None)
+
+
+def makeService(options: Options, reactor: Any = None) -> GearmandService:
+    """
+    Build the service tree of C{twistd gearmand}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    _log.set_level(options["verbose"])
+    job_server = JobServer(
+        reactor,
+        wakeup=options["wakeup"],
+        wakeup_delay=options["wakeup-delay"],
+        job_retries=options["job-retries"],
+        job_handle_prefix=options["job-handle-prefix"].encode("utf-8"),
+        max_packet_size=options["max-packet-size"],
+        max_queue=options["max-queue"],
+        exceptions=bool(options["exceptions"]),
+        timeout_unit=options["timeout-unit"],
+        admin_shutdown=options["admin-shutdown"],
+        verbose=options["verbose"],
+    )
+    top = GearmandService(job_server)
+    job_server.setServiceParent(top)
+    factory = GearmanServerFactory(job_server)
+    for description in options["ports"]:
+        top.add_port(strports.service(description, factory, reactor=reactor))
+    job_server.stop_listening = top.stop_listening
+    job_server.on_shutdown = reactor.stop
+    return top
