@@ -77,6 +77,7 @@ class GearmanProtocol(Protocol):
         self.excepted_handle: bytes | None = None
         self.client_id = b"-"
         self.closed = False
+        self._closing = False
         GearmanProtocol._count += 1
         self.number = GearmanProtocol._count
         self._peer: IAddress | None = None
@@ -203,8 +204,9 @@ class GearmanProtocol(Protocol):
         """
         Close the connection once what is buffered has been written.
         """
-        if self.closed or self.transport is None:
+        if self.closed or self._closing or self.transport is None:
             return
+        self._closing = True
         self.flush()
         self.transport.unregisterProducer()  # type: ignore[attr-defined]
         self.transport.loseConnection()

@@ -228,7 +228,7 @@ class JobServer(Service):
         exceptions: bool = False,
         timeout_unit: str = "milliseconds",
         admin_shutdown: str = "local",
-        verbose: str = "ERROR",
+        verbose: str = "INFO",
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor

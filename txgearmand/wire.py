@@ -32,6 +32,7 @@ __all__ = [
     "WireError",
     "encode",
     "encode_request",
+    "split_body",
 ]
 
 
@@ -237,17 +238,18 @@ class WireError:
 
 class PacketParser:
     """
-    An incremental parser for the byte stream a Gearman server receives.
+    An incremental parser for a Gearman byte stream: what a server receives
+    (the default) or, with C{magic=RESPONSE_MAGIC}, what a client receives.
 
     Feed it bytes as they arrive, in any chunking; it returns the complete
     messages they finish, in order, as C{(type, body)} pairs:
 
-      - a binary request packet: its type (1-42) and its raw body;
+      - a binary packet with the expected magic: its type (1-42) and its
+        raw body;
       - an admin text line: L{TEXT_LINE} and the line without its
         C{\\r\\n} or C{\\n};
-      - a packet with the response magic and a valid type:
-        L{RESPONSE_PACKET} and an empty body (the peer is told so, the
-        connection survives).
+      - a packet with the other magic and a valid type: L{RESPONSE_PACKET}
+        and an empty body (the peer is told so, the connection survives).
 
     Anything that breaks the framing (an unknown magic or type, a body over
     C{max_packet_size}, a text line over C{max_line_length}) sets L{error}
@@ -265,7 +267,9 @@ class PacketParser:
     __slots__ = (
         "_have",
         "_line_mode",
+        "_magic",
         "_need",
+        "_other_magic",
         "_pending",
         "error",
         "max_line_length",
@@ -276,7 +280,12 @@ class PacketParser:
         self,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        magic: bytes = REQUEST_MAGIC,
     ) -> None:
+        if magic not in (REQUEST_MAGIC, RESPONSE_MAGIC):
+            raise ValueError("magic must be REQUEST_MAGIC or RESPONSE_MAGIC")
+        self._magic = magic
+        self._other_magic = RESPONSE_MAGIC if magic == REQUEST_MAGIC else REQUEST_MAGIC
         self.max_packet_size = max_packet_size
         self.max_line_length = max_line_length
         self.error: WireError | None = None
@@ -314,6 +323,8 @@ class PacketParser:
         append = out.append
         size = len(data)
         max_packet = self.max_packet_size
+        expected = self._magic
+        other = self._other_magic
         pos = 0
         while pos < size:
             if data[pos] == 0:
@@ -329,18 +340,18 @@ class PacketParser:
                     )
                     break
                 if not _MIN_TYPE <= ptype <= _MAX_TYPE:
-                    if magic == REQUEST_MAGIC or magic == RESPONSE_MAGIC:
+                    if magic == expected or magic == other:
                         self.error = WireError(b"INVALID_COMMAND", b"Invalid command expected")
                     else:
                         self.error = WireError(b"INVALID_MAGIC", b"Request magic expected")
                     break
                 end = pos + HEADER_SIZE + length
-                if magic == REQUEST_MAGIC:
+                if magic == expected:
                     if end > size:
                         self._keep(data, pos, end - pos, False)
                         break
                     append((ptype, data[pos + HEADER_SIZE : end]))
-                elif magic == RESPONSE_MAGIC:
+                elif magic == other:
                     if end > size:
                         self._keep(data, pos, end - pos, False)
                         break
@@ -377,6 +388,25 @@ class PacketParser:
         self._pending = []
         self._have = 0
         return []
+
+
+def split_body(ptype: int, body: bytes) -> tuple[bytes, ...] | None:
+    """
+    Split a packet body into its arguments by the type's layout (see
+    L{ARGUMENTS}), or return L{None} if it has too few of them.
+    """
+    argc, has_data = ARGUMENTS[PacketType(ptype)]
+    if has_data:
+        parts = body.split(b"\0", argc)
+        want = argc + 1
+    elif argc == 0:
+        return ()
+    else:
+        parts = body.split(b"\0", argc - 1)
+        want = argc
+    if len(parts) != want:
+        return None
+    return tuple(parts)
 
 
 def _line_too_long(limit: int) -> WireError:
