@@ -194,10 +194,10 @@ class BadInputTests(ServerTestMixin, SynchronousTestCase):
             (P.SUBMIT_JOB_HIGH_BG, b"f"),
             (P.SUBMIT_JOB_LOW, b"f"),
             (P.SUBMIT_JOB_LOW_BG, b"f"),
-            (P.SUBMIT_JOB_EPOCH, b"f\0u\01"),
+            (P.SUBMIT_JOB_EPOCH, b"f\x00u\x001"),
             (P.SUBMIT_REDUCE_JOB, b"f\0u\0r\0"),
             (P.SUBMIT_REDUCE_JOB_BACKGROUND, b"f"),
-            (P.WORK_STATUS, b"H:test:1\01"),
+            (P.WORK_STATUS, b"H:test:1\x001"),
             (P.CAN_DO_TIMEOUT, b"f"),
         ]:
             conn.send_bytes(

@@ -73,7 +73,7 @@ class EncodeTests(SynchronousTestCase):
         and too few arguments give L{None}.
         """
         self.assertEqual(split_body(PacketType.SUBMIT_JOB, b"f\0u\0a\0b"), (b"f", b"u", b"a\0b"))
-        self.assertEqual(split_body(PacketType.WORK_STATUS, b"h\01\02"), (b"h", b"1", b"2"))
+        self.assertEqual(split_body(PacketType.WORK_STATUS, b"h\x001\x002"), (b"h", b"1", b"2"))
         self.assertEqual(split_body(PacketType.ECHO_REQ, b"a\0b"), (b"a\0b",))
         self.assertEqual(split_body(PacketType.NOOP, b""), ())
         self.assertIsNone(split_body(PacketType.SUBMIT_JOB, b"f\0u"))
