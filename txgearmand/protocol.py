@@ -28,6 +28,8 @@ _JOB_CREATED = PacketType.JOB_CREATED
 _NO_JOB = PacketType.NO_JOB
 _WHITESPACE = re.compile(rb"\s+")
 _MAX_CLIENT_ID = 127
+#: How many released handles a connection remembers.
+MAX_RELEASED = 256
 
 
 @implementer(IPushProducer)
@@ -53,7 +55,10 @@ class GearmanProtocol(Protocol):
     @ivar held: the jobs it works on, by handle.
     @ivar listening: the jobs it waits on (an ordered set).
     @ivar exceptions: it asked for WORK_EXCEPTION with OPTION_REQ.
-    @ivar excepted_handle: the job it last ended with WORK_EXCEPTION.
+    @ivar released: handles of jobs the server took from this worker while
+        it still worked on them (timed out, CANT_DO, cancelled) or that it
+        ended with WORK_EXCEPTION: results it still sends for them are
+        dropped without an ERROR (the last L{MAX_RELEASED} are kept).
     @ivar client_id: set with SET_CLIENT_ID (C{-} by default).
     @ivar number: a number unique among this server's connections.
     """
@@ -74,7 +79,7 @@ class GearmanProtocol(Protocol):
         self.held: dict[bytes, Job] = {}
         self.listening: dict[Job, None] = {}
         self.exceptions = False
-        self.excepted_handle: bytes | None = None
+        self.released: dict[bytes, None] = {}
         self.client_id = b"-"
         self.closed = False
         self._closing = False
@@ -154,6 +159,16 @@ class GearmanProtocol(Protocol):
         """
         The transport is going away; L{connectionLost} does the rest.
         """
+
+    def remember_released(self, handle: bytes) -> None:
+        """
+        Drop, without an ERROR, results this worker still sends for a job
+        the server ended for it.
+        """
+        released = self.released
+        released[handle] = None
+        if len(released) > MAX_RELEASED:
+            del released[next(iter(released))]
 
     # -- output ---------------------------------------------------------
 

@@ -678,7 +678,6 @@ class JobServer(Service):
         """
         if worker.sleeping:
             self._unsleep(worker)
-        worker.excepted_handle = None
         funcs = worker.ability_list
         n = len(funcs)
         if not n:
@@ -716,7 +715,17 @@ class JobServer(Service):
             worker=job.worker.describe() if job.worker else "?",
         )
         with self.batch():
+            self._take_away(job)
             self._attempt_failed(job)
+
+    def _take_away(self, job: Job) -> None:
+        """
+        The server ends a worker's hold on a job while the worker still
+        works on it: its late results will be dropped without an error.
+        """
+        worker = job.worker
+        if worker is not None and not worker.closed:
+            worker.remember_released(job.handle)
 
     def _release(self, job: Job) -> None:
         worker = job.worker
@@ -798,6 +807,7 @@ class JobServer(Service):
             return False
         for listener in job.listeners:
             listener.send_packet(_WORK_FAIL, job.handle)
+        self._take_away(job)
         self._finish(job)
         return True
 
@@ -879,6 +889,7 @@ class JobServer(Service):
         fq.workers.pop(worker, None)
         fq.sleepers.pop(worker, None)
         for job in [j for j in worker.held.values() if j.queue is fq]:
+            self._take_away(job)
             self._attempt_failed(job)
         self._maybe_forget(fq)
 
@@ -955,6 +966,8 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
+            if handle in worker.released:
+                return
             raise GearmanError(b"JOB_NOT_FOUND", b"Job given in work result not found")
         job.numerator = numerator
         job.denominator = denominator
@@ -967,6 +980,8 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
+            if handle in worker.released:
+                return
             raise GearmanError(b"JOB_NOT_FOUND", b"Job does not exist on server")
         for listener in job.listeners:
             listener.send_packet(ptype, handle, data)
@@ -977,6 +992,9 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
+            if handle in worker.released:
+                del worker.released[handle]
+                return
             raise GearmanError(b"JOB_NOT_FOUND", b"Job given in work result not found")
         for listener in job.listeners:
             listener.send_packet(PacketType.WORK_COMPLETE, handle, data)
@@ -986,16 +1004,11 @@ class JobServer(Service):
     def work_fail(self, worker: GearmanProtocol, handle: bytes) -> None:
         """
         WORK_FAIL: tell every listener; the job ends.
-
-        A WORK_FAIL right after the same worker's WORK_EXCEPTION for that
-        job is accepted silently: Perl's Gearman::Worker sends both when a
-        handler dies, and an ERROR would be read as the answer to its next
-        GRAB_JOB.
         """
         job = worker.held.get(handle)
         if job is None:
-            if handle == worker.excepted_handle:
-                worker.excepted_handle = None
+            if handle in worker.released:
+                del worker.released[handle]
                 return
             raise GearmanError(b"JOB_NOT_FOUND", b"Job given in work result not found")
         for listener in job.listeners:
@@ -1011,6 +1024,9 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
+            if handle in worker.released:
+                del worker.released[handle]
+                return
             raise GearmanError(
                 b"JOB_NOT_FOUND", b"An exception was received for a job that does not exist"
             )
@@ -1021,7 +1037,8 @@ class JobServer(Service):
             else:
                 listener.send_packet(_WORK_FAIL, handle)
         worker.jobs_done += 1
-        worker.excepted_handle = handle
+        # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL.
+        worker.remember_released(handle)
         self._finish(job)
 
     # -- status ---------------------------------------------------------

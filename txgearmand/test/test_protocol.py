@@ -95,6 +95,20 @@ class RequestTests(ServerTestMixin, SynchronousTestCase):
         conn.send(P.CANT_DO, b"nothing")
         self.assertEqual(conn.packets(), [])
 
+    def test_released_handles_bounded(self) -> None:
+        """
+        A connection remembers only the last L{MAX_RELEASED} handles taken
+        from it.
+        """
+        from txgearmand.protocol import MAX_RELEASED
+
+        conn = self.connect()
+        for i in range(MAX_RELEASED + 10):
+            conn.protocol.remember_released(b"H:%d" % i)
+        self.assertEqual(len(conn.protocol.released), MAX_RELEASED)
+        self.assertNotIn(b"H:0", conn.protocol.released)
+        self.assertIn(b"H:%d" % (MAX_RELEASED + 9), conn.protocol.released)
+
     def test_can_do_empty(self) -> None:
         """
         CAN_DO with an empty name is refused.

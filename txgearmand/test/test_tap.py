@@ -1,0 +1,274 @@
+"""
+Tests for L{txgearmand.tap} (the command line of C{twistd gearmand}) and
+the plugin that exposes it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from txgearmand import _log, tap
+from txgearmand.server import JobServer
+
+
+def options(*argv: str) -> tap.Options:
+    """
+    Parse a command line.
+    """
+    o = tap.Options()
+    o.parseOptions(list(argv))
+    return o
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{tap.Options}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With no option: port 4730, Gearman::Server's wake-up defaults,
+        unlimited retries, 64 MiB packets, milliseconds, local shutdown.
+        """
+        o = options()
+        self.assertEqual(o["ports"], ["tcp:4730"])
+        self.assertEqual(o["wakeup"], 3)
+        self.assertEqual(o["wakeup-delay"], 0.1)
+        self.assertEqual(o["job-retries"], 0)
+        self.assertEqual(o["job-handle-prefix"], "H:" + socket.gethostname())
+        self.assertEqual(o["max-packet-size"], 64 * 1024 * 1024)
+        self.assertEqual(o["timeout-unit"], "milliseconds")
+        self.assertEqual(o["admin-shutdown"], "local")
+        self.assertEqual(o["verbose"], "INFO")
+        self.assertFalse(o["exceptions"])
+        self.assertEqual(o["max-queue"], {})
+
+    def test_ports(self) -> None:
+        """
+        C{--port} takes a number or an endpoint string, and repeats.
+        """
+        o = options(
+            "--port=4731",
+            "--port",
+            "tcp:4732:interface=127.0.0.1",
+            "-p",
+            "unix:/tmp/g.sock",
+        )
+        self.assertEqual(
+            o["ports"], ["tcp:4731", "tcp:4732:interface=127.0.0.1", "unix:/tmp/g.sock"]
+        )
+
+    def test_values(self) -> None:
+        """
+        Every option reaches its key.
+        """
+        o = options(
+            "--wakeup=-1",
+            "--wakeup-delay=0",
+            "-j",
+            "5",
+            "--job-handle-prefix=H:box",
+            "--max-queue=f=3",
+            "--max-queue",
+            "g=1,2,3",
+            "--max-packet-size=1K",
+            "--exceptions",
+            "--timeout-unit=s",
+            "--admin-shutdown=any",
+            "--verbose=debug",
+        )
+        self.assertEqual(o["wakeup"], -1)
+        self.assertEqual(o["wakeup-delay"], 0)
+        self.assertEqual(o["job-retries"], 5)
+        self.assertEqual(o["job-handle-prefix"], "H:box")
+        self.assertEqual(o["max-queue"], {b"f": 3, b"g": (1, 2, 3)})
+        self.assertEqual(o["max-packet-size"], 1024)
+        self.assertTrue(o["exceptions"])
+        self.assertEqual(o["timeout-unit"], "seconds")
+        self.assertEqual(o["admin-shutdown"], "any")
+        self.assertEqual(o["verbose"], "DEBUG")
+
+    def test_bad_values(self) -> None:
+        """
+        Bad values are refused with a message for the user.
+        """
+        for argv in [
+            ["--wakeup=-2"],
+            ["--wakeup=many"],
+            ["--wakeup-delay=-0.5"],
+            ["--job-retries=-1"],
+            ["--max-queue=f"],
+            ["--max-queue=f=x"],
+            ["--max-queue=f=1,2"],
+            ["--max-queue==3"],
+            ["--max-packet-size=huge"],
+            ["--max-packet-size=0"],
+            ["--timeout-unit=hours"],
+            ["--admin-shutdown=maybe"],
+            ["--verbose=LOUD"],
+            ["--job-handle-prefix=" + "x" * 60],
+        ]:
+            self.assertRaises(UsageError, options, *argv)
+
+    def test_sizes(self) -> None:
+        """
+        Sizes take K, M and G suffixes.
+        """
+        self.assertEqual(tap.parse_size("100"), 100)
+        self.assertEqual(tap.parse_size("2k"), 2048)
+        self.assertEqual(tap.parse_size("64MiB"), 64 * 1024 * 1024)
+        self.assertEqual(tap.parse_size("1G"), 1024**3)
+        self.assertRaises(ValueError, tap.parse_size, "1T")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    Tests for L{tap.makeService}.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(_log.set_level, "INFO")
+
+    def test_service_tree(self) -> None:
+        """
+        The service holds a configured L{JobServer} and one listening
+        service per port, each bound on start.
+        """
+        reactor = MemoryReactorClock()
+        service = tap.makeService(
+            options(
+                "--port=4731",
+                "--port=tcp6:4732:interface=\\:\\:1",
+                "--port=unix:/tmp/txg-test.sock",
+                "--wakeup=7",
+                "--wakeup-delay=2",
+                "--job-retries=3",
+                "--job-handle-prefix=H:x",
+                "--max-queue=f=2",
+                "--max-packet-size=4K",
+                "--exceptions",
+                "--timeout-unit=seconds",
+                "--admin-shutdown=never",
+                "--verbose=WARNING",
+            ),
+            reactor,
+        )
+        js = service.job_server
+        self.assertIsInstance(js, JobServer)
+        self.assertEqual(
+            (js.wakeup, js.wakeup_delay, js.job_retries, js.job_handle_prefix),
+            (7, 2.0, 3, b"H:x"),
+        )
+        self.assertEqual(js.max_queue(b"f"), (2, 2, 2))
+        self.assertEqual(js.max_packet_size, 4096)
+        self.assertTrue(js.exceptions)
+        self.assertEqual(js.timeout_unit, "seconds")
+        self.assertEqual(js.admin_shutdown, "never")
+        self.assertEqual(js.verbose, "WARNING")
+        self.assertEqual(js.on_shutdown, reactor.stop)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual([p[0] for p in reactor.tcpServers], [4731, 4732])
+        self.assertEqual(reactor.tcpServers[1][3], "::1")
+        self.assertEqual(reactor.unixServers[0][0], "/tmp/txg-test.sock")
+        self.assertTrue(js.running)
+
+    def test_stop_listening_first(self) -> None:
+        """
+        On stop, the ports stop before the job server.
+        """
+        reactor = MemoryReactorClock()
+        service = tap.makeService(options("--port=4731"), reactor)
+        order: list[str] = []
+        (port,) = [s for s in service if s is not service.job_server]
+        real_port_stop = port.stopService
+        real_js_stop = service.job_server.stopService
+
+        def port_stop() -> object:
+            order.append("port")
+            return real_port_stop()
+
+        def js_stop() -> object:
+            order.append("job server")
+            return real_js_stop()
+
+        self.patch(port, "stopService", port_stop)
+        self.patch(service.job_server, "stopService", js_stop)
+        service.privilegedStartService()
+        service.startService()
+        self.successResultOf(service.stopService())
+        self.assertEqual(order, ["port", "job server"])
+
+    def test_graceful_stops_ports_once(self) -> None:
+        """
+        A graceful admin shutdown stops the ports; the later service stop
+        does not stop them again.
+        """
+        reactor = MemoryReactorClock()
+        service = tap.makeService(options("--port=4731"), reactor)
+        service.privilegedStartService()
+        service.startService()
+        (port,) = [s for s in service if s is not service.job_server]
+        calls: list[int] = []
+        real = port.stopService
+        self.patch(port, "stopService", lambda: (calls.append(1), real())[1])
+        service.job_server.shutdown(graceful=True)
+        self.assertEqual(calls, [1])
+        self.assertFalse(port.running)
+        self.successResultOf(service.stopService())
+        self.assertEqual(calls, [1])
+
+    def test_verbose_filters_logs(self) -> None:
+        """
+        C{--verbose} sets the level txgearmand logs at.
+        """
+        from twisted.logger import LogLevel
+
+        tap.makeService(options("--verbose=ERROR"), MemoryReactorClock())
+        self.assertEqual(_log._predicate.logLevelForNamespace("txgearmand.x"), LogLevel.error)
+
+
+class BindFailureTests(TestCase):
+    """
+    A port that cannot be bound fails the start loudly.
+    """
+
+    def test_port_in_use(self) -> None:
+        """
+        Starting on a port already in use raises.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.error import CannotListenError
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        service = tap.makeService(options(f"--port=tcp:{port}:interface=127.0.0.1"), reactor)
+        self.assertRaises(CannotListenError, service.privilegedStartService)
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The twistd plugin.
+    """
+
+    def test_discovered(self) -> None:
+        """
+        twistd finds a C{gearmand} service maker that builds with
+        L{tap.makeService} and L{tap.Options}.
+        """
+        makers = [m for m in getPlugins(IServiceMaker) if m.tapname == "gearmand"]
+        self.assertEqual(len(makers), 1)
+        (maker,) = makers
+        self.assertTrue(IPlugin.providedBy(maker))
+        self.assertTrue(IServiceMaker.providedBy(maker))
+        self.assertIs(maker.options, tap.Options)
+        self.assertIs(maker.makeService, tap.makeService)
