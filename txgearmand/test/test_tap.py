@@ -217,7 +217,12 @@ class MakeServiceTests(SynchronousTestCase):
         (port,) = [s for s in service if s is not service.job_server]
         calls: list[int] = []
         real = port.stopService
-        self.patch(port, "stopService", lambda: (calls.append(1), real())[1])
+
+        def counting_stop() -> object:
+            calls.append(1)
+            return real()
+
+        self.patch(port, "stopService", counting_stop)
         service.job_server.shutdown(graceful=True)
         self.assertEqual(calls, [1])
         self.assertFalse(port.running)
