@@ -55,7 +55,9 @@ class Job:
     @ivar background: True if no client waits on it.
     @ivar reducer: the reducer of a SUBMIT_REDUCE_JOB (C{b""} when none).
     @ivar when: the epoch time before which it must not run, or L{None}.
-    @ivar listeners: the connections that wait on its results, in order.
+    @ivar listeners: the connections that wait on its results, in order,
+        once per submission (a connection that submitted it twice is here
+        twice and gets every update twice, as from both peers).
     @ivar require_listener: a foreground job that loses all its listeners
         before a worker takes it is dropped; a background submission that
         coalesces onto it clears this.

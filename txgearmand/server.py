@@ -404,11 +404,11 @@ class JobServer(Service):
 
     def _remove_listener(self, job: Job, conn: GearmanProtocol) -> None:
         conn.listening.pop(job, None)
-        try:
-            job.listeners.remove(conn)
-        except ValueError:
+        listeners = [listener for listener in job.listeners if listener is not conn]
+        if len(listeners) == len(job.listeners):
             return
-        if not job.listeners and job.require_listener and job.state is _QUEUED:
+        job.listeners = listeners
+        if not listeners and job.require_listener and job.state is _QUEUED:
             self.log.debug("Dropping {handle}: its clients left", handle=job.handle)
             self._finish(job)
 
@@ -629,7 +629,9 @@ class JobServer(Service):
             if job is not None:
                 if background:
                     job.require_listener = False
-                elif client is not None and client not in job.listeners:
+                elif client is not None:
+                    # One entry per submission, as both peers do: a client
+                    # that submitted twice gets every update twice.
                     job.listeners.append(client)
                     client.listening[job] = None
                 return job

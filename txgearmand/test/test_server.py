@@ -142,6 +142,28 @@ class CoalescingTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(c1.packets(), expected)
         self.assertEqual(c2.packets(), expected)
 
+    def test_same_connection_twice(self) -> None:
+        """
+        A connection that submits the same unique twice gets every update
+        twice, once per submission (Perl's task sets count on it), and
+        leaving drops both entries.
+        """
+        client = self.connect()
+        h = client.submit(b"f", unique=b"u")
+        self.assertEqual(client.submit(b"f", unique=b"u"), h)
+        worker = self.worker(b"f")
+        worker.grab()
+        worker.send(P.WORK_STATUS, h, b"1", b"2")
+        worker.send(P.WORK_COMPLETE, h, b"r")
+        self.assertEqual(
+            client.packets(),
+            [(P.WORK_STATUS, (h, b"1", b"2"))] * 2 + [(P.WORK_COMPLETE, (h, b"r"))] * 2,
+        )
+        h2 = client.submit(b"f", unique=b"v")
+        client.submit(b"f", unique=b"v")
+        client.disconnect()
+        self.assertIsNone(self.server.job_by_handle(h2))
+
     def test_coalesce_onto_running(self) -> None:
         """
         A duplicate of a running job joins it.
