@@ -22,12 +22,15 @@ setup(
         "attrs>=22.2",
     ],
     extras_require={
+        "tls": ["Twisted[tls]"],
         "test": [
+            "Twisted[tls]",
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",
         ],
         "dev": [
+            "Twisted[tls]",
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",

@@ -207,6 +207,60 @@ class TwistdTests(ServerMixin, SynchronousTestCase):
                 s.sendall(b"version\r\n")
                 self.assertEqual(s.recv(100), b"OK %s\n" % __version__.encode())
 
+    def test_tls(self) -> None:
+        """
+        C{--port=ssl:...} serves the protocol over TLS, as Twisted's
+        endpoint gives it.
+        """
+        try:
+            import OpenSSL  # noqa: F401
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.x509.oid import NameOID
+        except ImportError:
+            raise SkipTest("TLS needs pyOpenSSL (pip install 'Twisted[tls]')") from None
+        import datetime
+        import ssl
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        pem = Path(self.mktemp()).resolve()
+        pem.parent.mkdir(parents=True, exist_ok=True)
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + cert.public_bytes(serialization.Encoding.PEM)
+        )
+        tls_port = _process.free_port()
+        self.start_server(f"--port=ssl:{tls_port}:interface=127.0.0.1:privateKey={pem}")
+        context = ssl.create_default_context(cafile=None)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw:
+            with context.wrap_socket(raw) as s:
+                s.sendall(encode_request(P.ECHO_REQ, b"secret"))
+                data = b""
+                while len(data) < 18:
+                    chunk = s.recv(100)
+                    self.assertTrue(chunk)
+                    data += chunk
+                self.assertEqual(data[12:], b"secret")
+
     def test_bad_input_hurts_nobody(self) -> None:
         """
         A connection sending garbage is closed; the jobs and connections of
