@@ -61,6 +61,8 @@ class GearmanProtocol(Protocol):
         dropped without an ERROR (the last L{MAX_RELEASED} are kept).
     @ivar client_id: set with SET_CLIENT_ID (C{-} by default).
     @ivar number: a number unique among this server's connections.
+    @ivar label: shown instead of the peer's address (in-process and child
+        connections), or L{None}.
     """
 
     log = _log.logger("txgearmand.protocol.GearmanProtocol")
@@ -86,6 +88,7 @@ class GearmanProtocol(Protocol):
         GearmanProtocol._count += 1
         self.number = GearmanProtocol._count
         self._peer: IAddress | None = None
+        self.label: str | None = None
 
     def __repr__(self) -> str:
         return f"<GearmanProtocol #{self.number} {self.describe()}>"
@@ -245,8 +248,10 @@ class GearmanProtocol(Protocol):
 
     def peer_host(self) -> str:
         """
-        The peer's IP address (C{unix} for a UNIX socket).
+        The peer's IP address (C{unix} for a UNIX socket), or the label.
         """
+        if self.label is not None:
+            return self.label
         peer = self._peer
         if isinstance(peer, (IPv4Address, IPv6Address)):
             return peer.host
@@ -256,8 +261,11 @@ class GearmanProtocol(Protocol):
 
     def describe(self) -> str:
         """
-        The peer as C{host:port} (or C{unix}), for logs and admin output.
+        The peer as C{host:port} (or C{unix}, or the label), for logs and
+        admin output.
         """
+        if self.label is not None:
+            return self.label
         peer = self._peer
         if isinstance(peer, (IPv4Address, IPv6Address)):
             return f"{peer.host}:{peer.port}"
@@ -577,7 +585,7 @@ class GearmanServerFactory(ServerFactory):
     def __init__(self, job_server: JobServer) -> None:
         self.job_server = job_server
 
-    def buildProtocol(self, addr: IAddress) -> GearmanProtocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> GearmanProtocol | None:  # type: ignore[override]
         """
         A new connection's protocol, or L{None} to refuse it.
         """

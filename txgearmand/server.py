@@ -1078,6 +1078,35 @@ class JobServer(Service):
             b"%d" % len(job.listeners),
         )
 
+    # -- in-process connections ----------------------------------------
+
+    def to_inprocess_server(self) -> Any:
+        """
+        A connected, blocking socket to this server for code outside
+        Twisted (a thread, a program given the descriptor), as
+        Gearman::Server's C{to_inprocess_server}.  The reactor must provide
+        C{IReactorSocket}.
+        """
+        from txgearmand.inprocess import to_inprocess_server
+
+        return to_inprocess_server(self.reactor, self)  # type: ignore[arg-type]
+
+    def start_worker(
+        self, argv: Any, env: Mapping[str, str] | None = None
+    ) -> tuple[int, GearmanProtocol]:
+        """
+        Start a worker program as a child speaking Gearman on its standard
+        input and output (C{GEARMAN_WORKER_USE_STDIO=1}), as
+        Gearman::Server's C{start_worker}; see
+        L{txgearmand.inprocess.start_worker}.
+
+        @return: the child's pid and the server's connection to it.
+        """
+        from txgearmand.inprocess import start_worker
+
+        pid, connection, _ = start_worker(self.reactor, self, argv, env)
+        return pid, connection
+
     # -- shutdown -------------------------------------------------------
 
     def shutdown(self, graceful: bool = False) -> Deferred[None]:
