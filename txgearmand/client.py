@@ -176,25 +176,63 @@ class _ClientProtocol(Protocol):
     running jobs arrive by handle.
     """
 
-    def __init__(self, index: int = 0, on_lost: Callable[[_ClientProtocol], None] | None = None):
+    def __init__(
+        self,
+        index: int = 0,
+        exceptions: bool = False,
+        on_ready: Callable[[_ClientProtocol], None] | None = None,
+        on_lost: Callable[[_ClientProtocol], None] | None = None,
+    ) -> None:
         self._parser = wire.PacketParser(magic=wire.RESPONSE_MAGIC)
         self._pending: deque[tuple[int, Any]] = deque()
         self._jobs: dict[bytes, deque[_Task]] = {}
         self.index = index
+        self._exceptions = exceptions
+        self._on_ready = on_ready
         self._on_lost = on_lost
+        self.lost = False
+        #: Fires when the connection is set up (options sent), or fails if
+        #: it is lost first.
+        self.ready: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        if not self._exceptions:
+            self._set_ready(None)
+            return
+        d = self.request(PacketType.OPTION_REQ, b"exceptions")
+
+        def refused(failure: Failure) -> None:
+            failure.trap(ServerError)
+            log.info("The server refused the exceptions option: {f}", f=failure.value)
+
+        d.addErrback(refused).addCallbacks(self._set_ready, self._not_ready)
+
+    def _set_ready(self, _: object) -> None:
+        if self.lost or self.ready.called:
+            return
+        if self._on_ready is not None:
+            self._on_ready(self)
+        self.ready.callback(None)
+
+    def _not_ready(self, failure: Failure) -> None:
+        if not self.ready.called:
+            self.ready.errback(failure)
 
     def request(self, ptype: int, *args: bytes) -> Deferred[Any]:
+        if self.lost or self.transport is None:
+            return fail(JobFailed(None, "the connection is closed"))
         d: Deferred[Any] = Deferred()
         self._pending.append((ptype, d))
-        assert self.transport is not None
         self.transport.write(wire.encode_request(ptype, *args))
         return d
 
     def submit(
         self, ptype: int, function: bytes, unique: bytes, payload: bytes, task: _Task
     ) -> None:
+        if self.lost or self.transport is None:
+            task.deferred.errback(JobFailed(None, "the connection is closed"))
+            return
         self._pending.append((ptype, task))
-        assert self.transport is not None
         self.transport.write(wire.encode_request(ptype, function, unique, payload))
 
     def dataReceived(self, data: bytes) -> None:
@@ -304,6 +342,7 @@ class _ClientProtocol(Protocol):
             task.deferred.errback(JobException(args[0], args[1]))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
         if self._on_lost is not None:
             self._on_lost(self)
         pending, self._pending = self._pending, deque()
@@ -400,24 +439,19 @@ class GearmanClient(MultiService):
             self._services.append(service)
 
     def _protocol_maker(self, index: int) -> Callable[[], _ClientProtocol]:
-        return lambda: _ClientProtocol(index, self._lost)
+        return lambda: _ClientProtocol(index, self._exceptions, self._ready, self._lost)
+
+    def _ready(self, protocol: _ClientProtocol) -> None:
+        self._live[protocol.index] = protocol
 
     def _lost(self, protocol: _ClientProtocol) -> None:
         if self._live.get(protocol.index) is protocol:
             del self._live[protocol.index]
 
-    def _prepare(self, connected: IProtocol) -> Deferred[None]:
-        protocol = cast(_ClientProtocol, connected)
-
-        def ready(_: object) -> None:
-            self._live[protocol.index] = protocol
-
-        if not self._exceptions:
-            ready(None)
-            return succeed(None)
-        d = protocol.request(PacketType.OPTION_REQ, b"exceptions")
-        d.addErrback(lambda f: log.info("The server refused the exceptions option: {f}", f=f.value))
-        return d.addCallback(ready)
+    @staticmethod
+    def _prepare(connected: IProtocol) -> Deferred[None]:
+        # ClientService passes a proxy, which forwards attribute access.
+        return cast(_ClientProtocol, connected).ready
 
     def _connection(self, key: bytes | None) -> Deferred[_ClientProtocol]:
         if not self.running:

@@ -63,6 +63,8 @@ class GearmanProtocol(Protocol):
     @ivar number: a number unique among this server's connections.
     @ivar label: shown instead of the peer's address (in-process and child
         connections), or L{None}.
+    @ivar paused: its peer does not read what it is sent, so it does not
+        read the peer's requests either.
     """
 
     log = _log.logger("txgearmand.protocol.GearmanProtocol")
@@ -85,6 +87,7 @@ class GearmanProtocol(Protocol):
         self.client_id = b"-"
         self.closed = False
         self._closing = False
+        self.paused = False
         GearmanProtocol._count += 1
         self.number = GearmanProtocol._count
         self._peer: IAddress | None = None
@@ -148,6 +151,7 @@ class GearmanProtocol(Protocol):
         """
         The peer does not read what we send: stop reading what it sends.
         """
+        self.paused = True
         if self.transport is not None:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
@@ -155,6 +159,7 @@ class GearmanProtocol(Protocol):
         """
         The peer reads again: so do we.
         """
+        self.paused = False
         if self.transport is not None and not self.closed:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 

@@ -196,7 +196,7 @@ def _is_c_gearmand(binary: str) -> bool:
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return out.startswith(b"gearmand ")
+    return out.strip().startswith(b"gearmand ")
 
 
 def admin(port: int, command: bytes, timeout: float = 5.0) -> bytes:

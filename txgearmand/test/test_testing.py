@@ -330,6 +330,26 @@ class ClientWorkerTests(MemoryServerTestMixin, SynchronousTestCase):
         self.server.flush()
         self.failureResultOf(d, JobFailed)
 
+    def test_submit_after_lost_connection(self) -> None:
+        """
+        After its connection is lost a client does not write into the dead
+        one: the next submission waits for the reconnection and succeeds.
+        """
+        self.worker(reverse=reverse)
+        client = self.client()
+        first = client.submit("reverse", b"one")
+        self.server.flush()
+        self.assertEqual(self.successResultOf(first), b"eno")
+        for conn in self.server.job_server.clients():
+            if not conn.abilities:
+                conn.close()
+        self.server.flush()
+        second = client.submit("reverse", b"two")
+        self.server.flush()
+        self.assertNoResult(second)
+        self.server.advance(2.0)
+        self.assertEqual(self.successResultOf(second), b"owt")
+
     def test_worker_reconnects(self) -> None:
         """
         A worker whose connection is lost reconnects after a back-off and
