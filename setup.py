@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.9",
-    packages=["txgearmand", "txgearmand.test", "twisted.plugins"],
+    packages=["txgearmand", "txgearmand.store", "txgearmand.test", "twisted.plugins"],
     package_data={"txgearmand": ["py.typed"]},
     install_requires=[
         "Twisted>=23.10",
@@ -23,14 +23,18 @@ setup(
     ],
     extras_require={
         "tls": ["Twisted[tls]"],
+        "postgresql": ["psycopg>=3.1"],
         "test": [
             "Twisted[tls]",
+            "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
+            "psycopg>=3.1; platform_python_implementation != 'CPython'",
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",
         ],
         "dev": [
             "Twisted[tls]",
+            "psycopg[binary]>=3.1",
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",

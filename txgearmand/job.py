@@ -69,6 +69,9 @@ class Job:
     @ivar timer: the pending CAN_DO_TIMEOUT expiry while running.
     @ivar coalesce_key: the key it is indexed under for coalescing, if any.
     @ivar store_id: what the job store knows it by, if it was stored.
+    @ivar commit_waiters: while the store has not yet committed the job,
+        what to call (with L{None}, or the failure) once it has; else
+        L{None}.
     """
 
     handle: bytes
@@ -89,6 +92,7 @@ class Job:
     timer: IDelayedCall | None = None
     coalesce_key: Any = None
     store_id: Any = None
+    commit_waiters: Any = None
 
     @property
     def function(self) -> bytes:

@@ -7,6 +7,7 @@ server tells it, bytes out.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -88,6 +89,9 @@ class GearmanProtocol(Protocol):
         self.closed = False
         self._closing = False
         self.paused = False
+        #: Output held back behind submissions the store has not committed:
+        #: bytes, and one-item lists for those replies (filled on commit).
+        self._held: deque[bytes | list[bytes | None]] | None = None
         GearmanProtocol._count += 1
         self.number = GearmanProtocol._count
         self._peer: IAddress | None = None
@@ -108,6 +112,14 @@ class GearmanProtocol(Protocol):
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self.server.new_client(self)
         self.log.debug("Connection from {peer}", peer=self.describe())
+        if not self.server.ready:
+            # Not before the store is replayed: its jobs must be queued first.
+            transport.pauseProducing()  # type: ignore[attr-defined]
+            self.server.when_ready(self._server_ready)
+
+    def _server_ready(self) -> None:
+        if not self.closed and not self.paused and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -137,6 +149,7 @@ class GearmanProtocol(Protocol):
         """
         self.closed = True
         self._out = []
+        self._held = None
         self.log.debug("Connection from {peer} closed", peer=self.describe())
         server = self.server
         server.batch_depth += 1
@@ -160,7 +173,7 @@ class GearmanProtocol(Protocol):
         The peer reads again: so do we.
         """
         self.paused = False
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.server.ready:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
@@ -192,6 +205,12 @@ class GearmanProtocol(Protocol):
         """
         if self.closed:
             return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
         server = self.server
         if server.batch_depth:
             out = self._out
@@ -201,6 +220,44 @@ class GearmanProtocol(Protocol):
         else:
             assert self.transport is not None
             self.transport.write(data)
+
+    def reply_when_committed(self, job: Job) -> None:
+        """
+        Answer a submission with JOB_CREATED once the store has committed
+        its job (or with ERROR if it could not); what this connection is
+        sent meanwhile waits behind it, so replies keep their order.
+        """
+        slot: list[bytes | None] = [None]
+        if self._held is None:
+            self._held = deque()
+        self._held.append(slot)
+        handle = job.handle
+
+        def committed(failure: Failure | None) -> None:
+            if failure is None:
+                slot[0] = _encode(_JOB_CREATED, handle)
+            else:
+                slot[0] = _encode(
+                    _ERROR, b"QUEUE_ERROR", b"The job store failed: " + _text(failure)
+                )
+            self._release_held()
+
+        job.commit_waiters.append(committed)
+
+    def _release_held(self) -> None:
+        held = self._held
+        while held:
+            item = held[0]
+            if isinstance(item, list):
+                data = item[0]
+                if data is None:
+                    return
+            else:
+                data = item
+            held.popleft()
+            if not self.closed:
+                self._emit(data)
+        self._held = None
 
     def send_error(self, code: bytes, text: bytes) -> None:
         """
@@ -461,7 +518,10 @@ class GearmanProtocol(Protocol):
         except GearmanError as e:
             self.send_error(e.code, e.text)
             return
-        self.send_packet(_JOB_CREATED, job.handle)
+        if job.commit_waiters is None:
+            self.send_packet(_JOB_CREATED, job.handle)
+        else:
+            self.reply_when_committed(job)
 
     def _h_submit_job_epoch(self, body: bytes) -> None:
         args = body.split(b"\0", 3)
@@ -502,6 +562,10 @@ class GearmanProtocol(Protocol):
 
     def _h_not_expected(self, body: bytes) -> None:
         self.send_raw(_NOT_EXPECTED_PACKET)
+
+
+def _text(failure: Failure) -> bytes:
+    return failure.getErrorMessage().encode("utf-8", "replace")[:200]
 
 
 _NO_JOB_PACKET = _encode(_NO_JOB)

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from txgearmand import _log, wire
+from txgearmand.interfaces import IJobStore, StoredJob
 from txgearmand.job import HIGH, LOW, NORMAL, Job, JobState
 from txgearmand.wire import PacketType
 
@@ -203,6 +205,12 @@ class JobServer(Service):
     @ivar admin_shutdown: who may use the admin C{shutdown} command, one of
         L{ADMIN_SHUTDOWN_POLICIES}.
     @ivar max_packet_size: the largest packet body a connection accepts.
+    @ivar store: where background jobs are kept across restarts (L{None}:
+        nowhere).  A background job is acknowledged (JOB_CREATED) only once
+        the store has committed it; the store is replayed when the service
+        starts, before any connection is served.
+    @ivar ready: False until the store is replayed; connections made
+        before then wait.
     @ivar jobs_by_handle: every live job by its handle.
     @ivar accepting: False while draining or stopped: the factory builds no
         protocol for new connections.
@@ -229,6 +237,7 @@ class JobServer(Service):
         timeout_unit: str = "milliseconds",
         admin_shutdown: str = "local",
         verbose: str = "INFO",
+        store: IJobStore | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -278,6 +287,10 @@ class JobServer(Service):
         self._schedule_timer: IDelayedCall | None = None
         self._handle_counter = 0
         self._schedule_counter = 0
+        self.store = store
+        self._store_seq = 0
+        self.ready = store is None
+        self._ready_waiters: list[Callable[[], object]] = []
 
         #: Nesting depth of L{batch}; while above 0, connections buffer
         #: what they are told to send and L{flush} writes it.
@@ -298,23 +311,62 @@ class JobServer(Service):
 
     # -- service --------------------------------------------------------
 
-    def startService(self) -> None:
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
         """
-        Start: accept connections.
+        Start: open and replay the store, then serve connections (those
+        made meanwhile wait).
+
+        @return: a Deferred that fires when the server is ready.
         """
         super().startService()
         self.accepting = True
         self.log.info(
             "txgearmand job server started (wakeup={wakeup}, wakeup_delay={delay},"
-            " job_retries={retries})",
+            " job_retries={retries}, store={store})",
             wakeup=self.wakeup,
             delay=self.wakeup_delay,
             retries=self.job_retries,
+            store=type(self.store).__name__ if self.store is not None else "none",
         )
+        store = self.store
+        if store is None or self.ready:
+            self._set_ready()
+            return succeed(None)
+        d: Deferred[Any] = maybeDeferred(store.open)
+        d.addCallback(lambda _: store.load())
+        d.addCallback(self._replay)
+        d.addErrback(self._store_failed)
+        return d
+
+    def _set_ready(self) -> None:
+        self.ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        with self.batch():
+            for waiter in waiters:
+                waiter()
+
+    def when_ready(self, callback: Callable[[], object]) -> None:
+        """
+        Call C{callback} once the store is replayed (at once if it is).
+        """
+        if self.ready:
+            callback()
+        else:
+            self._ready_waiters.append(callback)
+
+    def _store_failed(self, failure: Failure) -> None:
+        self.log.failure("The job store failed to open or load; stopping", failure)
+        self.accepting = False
+        with self.batch():
+            for conn in list(self._clients):
+                conn.close()
+        if self.on_shutdown is not None:
+            self._clock.callLater(0, self.on_shutdown)
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop: refuse new connections, close the open ones, cancel timers.
+        Stop: refuse new connections, close the open ones, cancel timers,
+        then commit and close the store.
         """
         super().stopService()
         self.accepting = False
@@ -322,7 +374,95 @@ class JobServer(Service):
             for conn in list(self._clients):
                 conn.close()
         self._cancel_timers()
+        if self.store is not None and self.ready:
+            d: Deferred[Any] = maybeDeferred(self.store.close)
+            d.addErrback(lambda f: self.log.failure("Closing the job store failed", f))
+            return d.addCallback(lambda _: None)
         return succeed(None)
+
+    # -- the store ------------------------------------------------------
+
+    def _replay(self, records: list[StoredJob]) -> None:
+        """
+        Queue again the jobs the store kept, in their order.
+        """
+        prefix = self.job_handle_prefix + b":"
+        now = self._clock.seconds()
+        with self.batch():
+            for record in records:
+                self._store_seq = max(self._store_seq, record.id)
+                handle = record.handle
+                if handle.startswith(prefix):
+                    suffix = handle[len(prefix) :]
+                    if suffix.isdigit():
+                        self._handle_counter = max(self._handle_counter, int(suffix))
+                if handle in self.jobs_by_handle:
+                    handle = self.new_job_handle()
+                fq = self.function(record.function)
+                job = Job(
+                    handle,
+                    fq,
+                    record.unique,
+                    record.payload,
+                    record.priority,
+                    True,
+                    record.reducer,
+                    record.when,
+                )
+                job.require_listener = False
+                job.store_id = record.id
+                self.jobs_by_handle[handle] = job
+                if record.unique:
+                    self.set_unique_job(job)
+                if record.when is not None and record.when > now:
+                    self._schedule_job(job)
+                else:
+                    fq.push(job)
+        for fq in self._functions.values():
+            limits = self._max_queue.get(fq.name)
+            if limits is not None and any(n and fq.total() > n for n in limits):
+                self.log.warn(
+                    "{function} has {n} stored jobs, over its max queue; all are kept",
+                    function=fq.name,
+                    n=fq.total(),
+                )
+        self.log.info("Replayed {n} stored jobs", n=len(records))
+        self._set_ready()
+
+    def _store_job(self, job: Job) -> None:
+        """
+        Give a job to the store; its submitters are answered on commit.
+        """
+        assert self.store is not None
+        self._store_seq += 1
+        job.store_id = self._store_seq
+        job.commit_waiters = []
+        d = self.store.add(
+            StoredJob(
+                self._store_seq,
+                job.handle,
+                job.queue.name,
+                job.unique,
+                job.data,
+                job.priority,
+                job.when,
+                job.reducer,
+            )
+        )
+        d.addBoth(self._job_committed, job)
+
+    def _job_committed(self, result: object, job: Job) -> None:
+        waiters = job.commit_waiters or []
+        job.commit_waiters = None
+        failure = result if isinstance(result, Failure) else None
+        with self.batch():
+            if failure is not None:
+                job.store_id = None
+                if job.background and job.state is not _DONE:
+                    self.log.warn("Dropping {handle}: the store did not take it", handle=job.handle)
+                    self._finish(job)
+            for waiter in waiters:
+                waiter(failure)
 
     def _cancel_timers(self) -> None:
         for fq in self._functions.values():
@@ -629,6 +769,8 @@ class JobServer(Service):
             if job is not None:
                 if background:
                     job.require_listener = False
+                    if self.store is not None and job.store_id is None:
+                        self._store_job(job)
                 elif client is not None:
                     # One entry per submission, as both peers do: a client
                     # that submitted twice gets every update twice.
@@ -650,6 +792,8 @@ class JobServer(Service):
             self.set_unique_job(job)
         if background:
             job.require_listener = False
+            if self.store is not None:
+                self._store_job(job)
         elif client is not None:
             job.listeners.append(client)
             client.listening[job] = None
@@ -791,6 +935,10 @@ class JobServer(Service):
         """
         if self.jobs_by_handle.get(job.handle) is job:
             del self.jobs_by_handle[job.handle]
+        if job.store_id is not None and self.store is not None:
+            d = self.store.remove(job.store_id)
+            d.addErrback(_ignore)
+            job.store_id = None
         self._unset_unique_job(job)
         self._maybe_forget(job.queue)
         if self.draining:
@@ -1147,6 +1295,12 @@ class JobServer(Service):
             return
         self.log.info("Graceful shutdown: no job left")
         d.callback(None)
+
+
+def _ignore(failure: Failure) -> None:
+    """
+    Swallow a failure the store already logged.
+    """
 
 
 class _Batch:

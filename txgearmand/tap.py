@@ -14,7 +14,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.python import usage
 
-from txgearmand import _log
+from txgearmand import _log, store
 from txgearmand.protocol import GearmanServerFactory
 from txgearmand.server import ADMIN_SHUTDOWN_POLICIES, JobServer
 
@@ -116,6 +116,14 @@ class Options(usage.Options):
             "(loopback and UNIX-socket connections) or any.",
         ],
         [
+            "queue",
+            "q",
+            "sqlite:gearmand.sqlite",
+            "Where background jobs are kept across restarts: sqlite:PATH (an SQLite "
+            "file, relative to the working directory), postgresql://USER@HOST/DB "
+            "(needs the postgresql extra), or memory (not kept).",
+        ],
+        [
             "verbose",
             None,
             "INFO",
@@ -203,6 +211,10 @@ class Options(usage.Options):
         if not prefix or len(prefix.encode("utf-8")) > 52:
             raise usage.UsageError("--job-handle-prefix must be 1 to 52 bytes")
         self["job-handle-prefix"] = prefix
+        try:
+            store._kind(self["queue"])
+        except ValueError as e:
+            raise usage.UsageError(f"--queue: {e}") from None
 
 
 class GearmandService(MultiService):
@@ -269,6 +281,14 @@ def makeService(options: Options, reactor: Any = None) -> GearmandService:
 
         reactor = _reactor
     _log.set_level(options["verbose"])
+    try:
+        # Before the reactor runs: a store that cannot be opened fails the
+        # start, with a message, rather than a server that loses jobs.
+        store.check_store_url(options["queue"])
+    except Exception as e:
+        raise SystemExit(
+            f"txgearmand: cannot open the job store {options['queue']!r}: {e}"
+        ) from None
     job_server = JobServer(
         reactor,
         wakeup=options["wakeup"],
@@ -281,6 +301,7 @@ def makeService(options: Options, reactor: Any = None) -> GearmandService:
         timeout_unit=options["timeout-unit"],
         admin_shutdown=options["admin-shutdown"],
         verbose=options["verbose"],
+        store=store.store_from_url(reactor, options["queue"]),
     )
     top = GearmandService(job_server)
     job_server.setServiceParent(top)

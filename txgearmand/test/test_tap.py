@@ -48,6 +48,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(o["verbose"], "INFO")
         self.assertFalse(o["exceptions"])
         self.assertEqual(o["max-queue"], {})
+        self.assertEqual(o["queue"], "sqlite:gearmand.sqlite")
 
     def test_ports(self) -> None:
         """
@@ -113,6 +114,8 @@ class OptionsTests(SynchronousTestCase):
             ["--admin-shutdown=maybe"],
             ["--verbose=LOUD"],
             ["--job-handle-prefix=" + "x" * 60],
+            ["--queue=redis://x"],
+            ["--queue=sqlite:"],
         ]:
             self.assertRaises(UsageError, options, *argv)
 
@@ -156,6 +159,7 @@ class MakeServiceTests(SynchronousTestCase):
                 "--timeout-unit=seconds",
                 "--admin-shutdown=never",
                 "--verbose=WARNING",
+                "--queue=memory",
             ),
             reactor,
         )
@@ -179,12 +183,44 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.unixServers[0][0], "/tmp/txg-test.sock")
         self.assertTrue(js.running)
 
+    def test_durable_by_default(self) -> None:
+        """
+        By default the job server keeps background jobs in
+        C{gearmand.sqlite} in the working directory; C{--queue memory}
+        opts out.
+        """
+        import os
+
+        from txgearmand.store.sqlite import SQLiteStore
+
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(workdir)
+        service = tap.makeService(options(), MemoryReactorClock())
+        store = service.job_server.store
+        assert isinstance(store, SQLiteStore)
+        self.assertEqual(store.path, "gearmand.sqlite")
+        self.assertTrue(os.path.exists("gearmand.sqlite"))
+        memory = tap.makeService(options("--queue=memory"), MemoryReactorClock())
+        self.assertIsNone(memory.job_server.store)
+
+    def test_store_cannot_open(self) -> None:
+        """
+        A store that cannot be opened stops the start with a message.
+        """
+        with self.assertRaises(SystemExit) as caught:
+            tap.makeService(
+                options("--queue=sqlite:/nonexistent/directory/x.sqlite"), MemoryReactorClock()
+            )
+        self.assertIn("cannot open the job store", str(caught.exception))
+
     def test_stop_listening_first(self) -> None:
         """
         On stop, the ports stop before the job server.
         """
         reactor = MemoryReactorClock()
-        service = tap.makeService(options("--port=4731"), reactor)
+        service = tap.makeService(options("--port=4731", "--queue=memory"), reactor)
         order: list[str] = []
         (port,) = [s for s in service if s is not service.job_server]
         real_port_stop = port.stopService
@@ -211,7 +247,7 @@ class MakeServiceTests(SynchronousTestCase):
         does not stop them again.
         """
         reactor = MemoryReactorClock()
-        service = tap.makeService(options("--port=4731"), reactor)
+        service = tap.makeService(options("--port=4731", "--queue=memory"), reactor)
         service.privilegedStartService()
         service.startService()
         (port,) = [s for s in service if s is not service.job_server]
@@ -235,7 +271,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         from twisted.logger import LogLevel
 
-        tap.makeService(options("--verbose=ERROR"), MemoryReactorClock())
+        tap.makeService(options("--verbose=ERROR", "--queue=memory"), MemoryReactorClock())
         self.assertEqual(_log._predicate.logLevelForNamespace("txgearmand.x"), LogLevel.error)
 
 

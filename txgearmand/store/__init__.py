@@ -1,0 +1,71 @@
+# -*- test-case-name: txgearmand.test.test_store -*-
+"""
+Job stores: where background jobs survive a restart.
+
+Choose one with a URL (C{--queue URL}, or L{store_from_url}):
+
+  - C{memory}: none, jobs live in memory only;
+  - C{sqlite:PATH}: an SQLite file (standard library);
+  - C{postgresql://...}: PostgreSQL (psycopg 3, the C{postgresql} extra).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.store.memory import MemoryStore
+
+__all__ = ["IJobStore", "MemoryStore", "StoredJob", "check_store_url", "store_from_url"]
+
+
+def _kind(url: str) -> tuple[str, str]:
+    if url == "memory":
+        return "memory", ""
+    if url.startswith("sqlite:"):
+        path = url[len("sqlite:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ValueError("sqlite: needs a path, as in sqlite:gearmand.sqlite")
+        return "sqlite", path
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql", url
+    raise ValueError(f"unknown job store {url!r}: use memory, sqlite:PATH or postgresql://...")
+
+
+def store_from_url(reactor: Any, url: str) -> IJobStore | None:
+    """
+    The store a URL names (L{None} for C{memory}: no store at all).
+
+    @raise ValueError: for a URL of no known kind.
+    """
+    kind, where = _kind(url)
+    if kind == "memory":
+        return None
+    if kind == "sqlite":
+        from txgearmand.store.sqlite import SQLiteStore
+
+        return SQLiteStore(reactor, where)
+    from txgearmand.store.postgresql import PostgreSQLStore
+
+    return PostgreSQLStore(reactor, where)
+
+
+def check_store_url(url: str) -> None:
+    """
+    Open the store a URL names and close it again, synchronously: call it
+    before the reactor runs, to fail at once with a clear message.
+
+    @raise ValueError: for a URL of no known kind.
+    @raise Exception: whatever opening the store raised.
+    """
+    kind, where = _kind(url)
+    if kind == "sqlite":
+        from txgearmand.store.sqlite import check_sqlite
+
+        check_sqlite(where)
+    elif kind == "postgresql":
+        from txgearmand.store.postgresql import check_postgresql
+
+        check_postgresql(where)

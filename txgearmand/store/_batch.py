@@ -1,0 +1,111 @@
+# -*- test-case-name: txgearmand.test.test_store -*-
+"""
+Group commit: the writes of one reactor turn, or of the time the previous
+transaction took, go to the database in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
+
+from txgearmand import _log
+from txgearmand.interfaces import StoredJob
+
+log = _log.logger("txgearmand.store")
+
+#: C{(added, removed)}: what one transaction must do.
+Batch = tuple[list[StoredJob], list[int]]
+
+
+class BatchWriter:
+    """
+    Collects L{add} and L{remove} calls and hands them, a batch at a time,
+    to C{commit} (which runs the transaction, off the reactor thread, and
+    returns a Deferred).
+
+    A batch starts on the next reactor turn after the first write; while a
+    transaction runs, later writes wait and form the next batch, so the
+    busier the server, the bigger the batches.  A job added and removed in
+    the same batch is never written.  The Deferred of each write fires once
+    its batch is committed, or fails with the transaction's error.
+    """
+
+    def __init__(self, reactor: Any, commit: Callable[[Batch], Deferred[None]]) -> None:
+        self._reactor = reactor
+        self._commit = commit
+        self._adds: dict[int, StoredJob] = {}
+        self._removes: list[int] = []
+        self._waiters: list[Deferred[None]] = []
+        self._scheduled = False
+        self._running = False
+        self._idle: list[Deferred[None]] = []
+
+    def add(self, job: StoredJob) -> Deferred[None]:
+        self._adds[job.id] = job
+        return self._wait()
+
+    def remove(self, job_id: int) -> Deferred[None]:
+        if self._adds.pop(job_id, None) is None:
+            self._removes.append(job_id)
+        return self._wait()
+
+    def _wait(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        if not self._scheduled and not self._running:
+            self._scheduled = True
+            self._reactor.callLater(0, self._flush)
+        return d
+
+    def pending(self) -> bool:
+        """
+        Whether writes wait or are being committed.
+        """
+        return bool(self._waiters) or self._running
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._running or not self._waiters:
+            return
+        adds, self._adds = self._adds, {}
+        removes, self._removes = self._removes, []
+        waiters, self._waiters = self._waiters, []
+        self._running = True
+        if adds or removes:
+            d = maybeDeferred(self._commit, (list(adds.values()), removes))
+        else:
+            d = succeed(None)
+        d.addBoth(self._committed, waiters)
+
+    def _committed(self, result: object, waiters: list[Deferred[None]]) -> None:
+        self._running = False
+        if isinstance(result, Failure):
+            log.failure("Writing {n} job changes to the store failed", result, n=len(waiters))
+            for w in waiters:
+                w.errback(result)
+        else:
+            for w in waiters:
+                w.callback(None)
+        if self._waiters:
+            self._flush()
+        elif not self._running:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """
+        A Deferred that fires when every write so far is committed.
+        """
+        if not self.pending():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        if self._scheduled:
+            self._scheduled = False
+            self._flush()
+        return d

@@ -1,0 +1,44 @@
+# -*- test-case-name: txgearmand.test.test_store -*-
+"""
+A job store in memory: nothing survives the process, but the store
+survives a L{JobServer} (restart a server on the same store in tests).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from txgearmand.interfaces import IJobStore, StoredJob
+
+__all__ = ["MemoryStore"]
+
+
+@implementer(IJobStore)
+class MemoryStore:
+    """
+    An L{IJobStore} in a dict.  Every method answers at once.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, StoredJob] = {}
+        self.opened = False
+
+    def open(self) -> Deferred[None]:
+        self.opened = True
+        return succeed(None)
+
+    def load(self) -> Deferred[list[StoredJob]]:
+        return succeed([self.jobs[k] for k in sorted(self.jobs)])
+
+    def add(self, job: StoredJob) -> Deferred[None]:
+        self.jobs[job.id] = job
+        return succeed(None)
+
+    def remove(self, job_id: int) -> Deferred[None]:
+        self.jobs.pop(job_id, None)
+        return succeed(None)
+
+    def close(self) -> Deferred[None]:
+        self.opened = False
+        return succeed(None)

@@ -1,0 +1,140 @@
+# -*- test-case-name: txgearmand.test.test_store -*-
+"""
+A job store in an SQLite file (the standard library's sqlite3, WAL mode),
+written from a thread of its own with group commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.store._batch import Batch, BatchWriter
+
+__all__ = ["SQLiteStore", "check_sqlite"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS txgearmand_jobs (
+    id INTEGER PRIMARY KEY,
+    handle BLOB NOT NULL,
+    function BLOB NOT NULL,
+    uniq BLOB NOT NULL,
+    payload BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    when_to_run REAL,
+    reducer BLOB NOT NULL
+)
+"""
+_INSERT = (
+    "INSERT OR REPLACE INTO txgearmand_jobs"
+    " (id, handle, function, uniq, payload, priority, when_to_run, reducer)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DELETE = "DELETE FROM txgearmand_jobs WHERE id = ?"
+_SELECT = (
+    "SELECT id, handle, function, uniq, payload, priority, when_to_run, reducer"
+    " FROM txgearmand_jobs ORDER BY id"
+)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transaction survives a power cut, not only a crash.
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(_SCHEMA)
+    return db
+
+
+def check_sqlite(path: str) -> None:
+    """
+    Open (creating if needed) the database, synchronously, and close it:
+    for a clear error at start-up, before the reactor runs.
+    """
+    _connect(path).close()
+
+
+@implementer(IJobStore)
+class SQLiteStore:
+    """
+    An L{IJobStore} in an SQLite database file.
+
+    All database work runs in one thread owned by the store; writes are
+    group-committed (see L{BatchWriter}), each batch one transaction.
+    """
+
+    def __init__(self, reactor: Any, path: str) -> None:
+        self._reactor = reactor
+        self.path = path
+        self._pool = ThreadPool(1, 1, name=f"txgearmand-sqlite:{path}")
+        self._db: sqlite3.Connection | None = None
+        self._writer = BatchWriter(reactor, self._commit)
+
+    def _run(self, f: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def open(self) -> Deferred[None]:
+        self._pool.start()
+
+        def opened(db: sqlite3.Connection) -> None:
+            self._db = db
+
+        def failed(failure: Any) -> Any:
+            self._pool.stop()
+            return failure
+
+        return self._run(_connect, self.path).addCallbacks(opened, failed)
+
+    def load(self) -> Deferred[list[StoredJob]]:
+        def select() -> list[StoredJob]:
+            assert self._db is not None
+            return [StoredJob(*row) for row in self._db.execute(_SELECT)]
+
+        return self._run(select)
+
+    def add(self, job: StoredJob) -> Deferred[None]:
+        return self._writer.add(job)
+
+    def remove(self, job_id: int) -> Deferred[None]:
+        return self._writer.remove(job_id)
+
+    def _commit(self, batch: Batch) -> Deferred[None]:
+        return self._run(self._write, batch)
+
+    def _write(self, batch: Batch) -> None:
+        db = self._db
+        assert db is not None
+        adds, removes = batch
+        db.execute("BEGIN")
+        try:
+            if adds:
+                db.executemany(_INSERT, adds)
+            if removes:
+                db.executemany(_DELETE, [(i,) for i in removes])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> Deferred[None]:
+        def shut(_: object) -> Deferred[None]:
+            def close_db() -> None:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+            return self._run(close_db)
+
+        d = self._writer.drain().addBoth(shut)
+        return d.addBoth(self._stop_pool)
+
+    def _stop_pool(self, result: object) -> object:
+        if self._pool.started:
+            self._pool.stop()
+        return result

@@ -1,0 +1,143 @@
+"""
+A PostgreSQL server for tests: the one named by C{TXGEARMAND_TEST_POSTGRESQL}
+(a conninfo URL), or a private cluster this helper starts once per test
+process from Debian's C{postgresql} package (C{initdb} and C{pg_ctl}) in a
+temporary directory, listening on a free loopback port, and stops at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+from txgearmand.test._process import free_port
+
+_state: dict[str, str | None] = {}
+
+
+class Unavailable(Exception):
+    """
+    No PostgreSQL server can be had here; the message says why.
+    """
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if candidates:
+        return candidates[-1]
+    raise Unavailable(f"{name} is not installed (Debian package postgresql)")
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return argv
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        raise Unavailable("running as root without runuser: cannot start PostgreSQL")
+    return [runuser, "-u", "postgres", "--", *argv]
+
+
+def _start() -> str:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise Unavailable(
+            "psycopg is not installed (pip install 'txgearmand[postgresql]')"
+        ) from None
+    initdb = _binary("initdb")
+    pg_ctl = _binary("pg_ctl")
+    directory = tempfile.mkdtemp(prefix="txgearmand-pg-")
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            raise Unavailable("there is no postgres user to run PostgreSQL as") from None
+        os.chown(directory, user.pw_uid, user.pw_gid)
+    data = os.path.join(directory, "data")
+    port = free_port()
+    log = os.path.join(directory, "server.log")
+    try:
+        subprocess.run(
+            _as_postgres([initdb, "-D", data, "-A", "trust", "-U", "gearman", "-E", "UTF8"]),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            _as_postgres(
+                [
+                    pg_ctl,
+                    "-D",
+                    data,
+                    "-l",
+                    log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=on",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        output = getattr(e, "stderr", b"") or b""
+        shutil.rmtree(directory, ignore_errors=True)
+        raise Unavailable(f"PostgreSQL could not be started: {e} {output[-500:]!r}") from None
+
+    def stop() -> None:
+        subprocess.run(
+            _as_postgres([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"]),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(stop)
+    return f"postgresql://gearman@127.0.0.1:{port}/postgres"
+
+
+def server_url() -> str:
+    """
+    The conninfo URL of a running PostgreSQL server.
+
+    @raise Unavailable: when none can be had, saying why.
+    """
+    if "url" not in _state:
+        try:
+            _state["url"] = os.environ.get("TXGEARMAND_TEST_POSTGRESQL") or _start()
+            _state["why"] = None
+        except Unavailable as e:
+            _state["url"] = None
+            _state["why"] = str(e)
+    url = _state["url"]
+    if url is None:
+        raise Unavailable(_state["why"] or "PostgreSQL is unavailable")
+    return url
+
+
+def fresh_database() -> str:
+    """
+    A new, empty database on the test server; its conninfo URL.
+    """
+    import psycopg
+
+    base = server_url()
+    name = "t_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return base.rsplit("/", 1)[0] + "/" + name

@@ -1,0 +1,405 @@
+"""
+Tests for the job stores: one contract every backend runs (memory, SQLite
+in a temporary directory, PostgreSQL on a real server), and the group
+commit writer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.store import MemoryStore, check_store_url, store_from_url
+from txgearmand.store._batch import Batch, BatchWriter
+from txgearmand.store.postgresql import PostgreSQLStore
+from txgearmand.store.sqlite import SQLiteStore
+from txgearmand.test import _postgres
+
+reactor: Any = _reactor
+
+
+def job(i: int, **kwargs: Any) -> StoredJob:
+    """
+    A stored job numbered C{i}.
+    """
+    values: dict[str, Any] = {
+        "id": i,
+        "handle": b"H:test:%d" % i,
+        "function": b"f",
+        "unique": b"",
+        "payload": b"payload %d" % i,
+        "priority": 1,
+        "when": None,
+        "reducer": b"",
+    }
+    values.update(kwargs)
+    return StoredJob(**values)
+
+
+class _JobStoreContractMixin:
+    """
+    What every L{IJobStore} does.  Subclasses give L{make_store} (a new,
+    empty store) and L{reopen} (the same storage, opened afresh).
+    """
+
+    timeout = 60
+
+    def make_store(self) -> IJobStore:
+        raise NotImplementedError
+
+    def reopen(self, store: IJobStore) -> IJobStore:
+        raise NotImplementedError
+
+    async def opened(self) -> IJobStore:
+        assert isinstance(self, TestCase)
+        store = self.make_store()
+        await store.open()
+        self.addCleanup(store.close)
+        return store
+
+    async def test_interface(self) -> None:
+        """
+        The store provides L{IJobStore}.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        self.assertTrue(verifyObject(IJobStore, store))
+
+    async def test_empty(self) -> None:
+        """
+        A new store holds nothing.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        self.assertEqual(await store.load(), [])
+
+    async def test_add_load_in_order(self) -> None:
+        """
+        What is added is loaded back whole, in id order, whatever order it
+        was added in.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        jobs = [
+            job(3, priority=0, unique=b"u3"),
+            job(1, payload=b"\0binary\xff\0", reducer=b"r"),
+            job(2, when=1234567890.5, priority=2, function=b"g"),
+        ]
+        await gatherResults([store.add(j) for j in jobs])
+        self.assertEqual(await store.load(), sorted(jobs))
+
+    async def test_remove(self) -> None:
+        """
+        A removed job is not loaded; removing an unknown id is harmless.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        await gatherResults([store.add(job(i)) for i in range(1, 6)])
+        await gatherResults([store.remove(2), store.remove(4), store.remove(99)])
+        self.assertEqual([j.id for j in await store.load()], [1, 3, 5])
+
+    async def test_add_and_remove_together(self) -> None:
+        """
+        A job added and removed before either is committed is not there.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        added = store.add(job(1))
+        removed = store.remove(1)
+        other = store.add(job(2))
+        await gatherResults([added, removed, other])
+        self.assertEqual([j.id for j in await store.load()], [2])
+
+    async def test_no_overwrite_on_unique(self) -> None:
+        """
+        Jobs of one function with the same unique - empty, C{-} with
+        different payloads, or any - never overwrite each other (unlike C
+        gearmand's stores, gearmand#80 and #157).
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        jobs = [
+            job(1, unique=b""),
+            job(2, unique=b""),
+            job(3, unique=b"-", payload=b"a"),
+            job(4, unique=b"-", payload=b"b"),
+            job(5, unique=b"same"),
+            job(6, unique=b"same"),
+        ]
+        await gatherResults([store.add(j) for j in jobs])
+        self.assertEqual(await store.load(), jobs)
+
+    async def test_many(self) -> None:
+        """
+        Thousands of writes in one go are all kept.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        await gatherResults([store.add(job(i)) for i in range(1, 5001)])
+        await gatherResults([store.remove(i) for i in range(1, 5001, 2)])
+        loaded = await store.load()
+        self.assertEqual([j.id for j in loaded], list(range(2, 5001, 2)))
+
+    async def test_survives_reopen(self) -> None:
+        """
+        What was committed is there when the storage is opened again.
+        """
+        assert isinstance(self, TestCase)
+        store = self.make_store()
+        await store.open()
+        await gatherResults([store.add(job(i)) for i in (1, 2, 3)])
+        await store.remove(2)
+        await store.close()
+        again = self.reopen(store)
+        await again.open()
+        self.addCleanup(again.close)
+        self.assertEqual([j.id for j in await again.load()], [1, 3])
+
+    async def test_close_commits_pending(self) -> None:
+        """
+        Closing commits writes not yet committed.
+        """
+        assert isinstance(self, TestCase)
+        store = self.make_store()
+        await store.open()
+        pending = store.add(job(7))
+        await store.close()
+        await pending
+        again = self.reopen(store)
+        await again.open()
+        self.addCleanup(again.close)
+        self.assertEqual([j.id for j in await again.load()], [7])
+
+
+class MemoryStoreTests(_JobStoreContractMixin, TestCase):
+    """
+    L{MemoryStore}.
+    """
+
+    def make_store(self) -> IJobStore:
+        return MemoryStore()
+
+    def reopen(self, store: IJobStore) -> IJobStore:
+        return store
+
+
+class SQLiteStoreTests(_JobStoreContractMixin, TestCase):
+    """
+    L{SQLiteStore}, in a file in a temporary directory.
+    """
+
+    def make_store(self) -> IJobStore:
+        path = Path(self.mktemp())
+        path.mkdir(parents=True)
+        return SQLiteStore(reactor, str(path / "jobs.sqlite"))
+
+    def reopen(self, store: IJobStore) -> IJobStore:
+        assert isinstance(store, SQLiteStore)
+        return SQLiteStore(reactor, store.path)
+
+    async def test_wal(self) -> None:
+        """
+        The database is in WAL mode.
+        """
+        import sqlite3
+
+        store = await self.opened()
+        assert isinstance(store, SQLiteStore)
+        mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+        self.assertEqual(mode, "wal")
+
+    async def test_open_fails_clearly(self) -> None:
+        """
+        A database that cannot be opened fails C{open}.
+        """
+        import sqlite3
+
+        store = SQLiteStore(reactor, "/nonexistent/directory/jobs.sqlite")
+        with self.assertRaises(sqlite3.OperationalError):
+            await store.open()
+
+
+class PostgreSQLStoreTests(_JobStoreContractMixin, TestCase):
+    """
+    L{PostgreSQLStore}, on a real PostgreSQL server (skipped, saying why,
+    only when none can be started).
+    """
+
+    def setUp(self) -> None:
+        try:
+            self.url = _postgres.fresh_database()
+        except _postgres.Unavailable as e:
+            raise SkipTest(str(e)) from None
+
+    def make_store(self) -> IJobStore:
+        return PostgreSQLStore(reactor, self.url)
+
+    def reopen(self, store: IJobStore) -> IJobStore:
+        return PostgreSQLStore(reactor, self.url)
+
+    async def test_open_fails_clearly(self) -> None:
+        """
+        A server that cannot be reached fails C{open}.
+        """
+        import psycopg
+
+        store = PostgreSQLStore(reactor, "postgresql://nobody@127.0.0.1:1/none")
+        with self.assertRaises(psycopg.OperationalError):
+            await store.open()
+
+    async def test_reconnects(self) -> None:
+        """
+        After its connection is lost, the store connects again for the next
+        batch.
+        """
+        store = await self.opened()
+        assert isinstance(store, PostgreSQLStore)
+        await store.add(job(1))
+        store._conn.close()
+        await store.add(job(2))
+        self.assertEqual([j.id for j in await store.load()], [1, 2])
+
+
+class URLTests(SynchronousTestCase):
+    """
+    Choosing a store by URL.
+    """
+
+    def test_kinds(self) -> None:
+        """
+        C{memory} is no store; C{sqlite:PATH} and C{postgresql://} name
+        their backends; anything else is refused.
+        """
+        self.assertIsNone(store_from_url(reactor, "memory"))
+        sqlite = store_from_url(reactor, "sqlite:some/where.db")
+        assert isinstance(sqlite, SQLiteStore)
+        self.assertEqual(sqlite.path, "some/where.db")
+        self.assertIsInstance(store_from_url(reactor, "postgresql://u@h/db"), PostgreSQLStore)
+        self.assertIsInstance(store_from_url(reactor, "postgres://u@h/db"), PostgreSQLStore)
+        for bad in ("mysql://x", "sqlite:", "", "file.db"):
+            self.assertRaises(ValueError, store_from_url, reactor, bad)
+
+    def test_check(self) -> None:
+        """
+        C{check_store_url} creates an SQLite file, and raises for one that
+        cannot be.
+        """
+        path = Path(self.mktemp())
+        path.mkdir(parents=True)
+        check_store_url(f"sqlite:{path / 'x.sqlite'}")
+        self.assertTrue((path / "x.sqlite").exists())
+        import sqlite3
+
+        self.assertRaises(
+            sqlite3.OperationalError, check_store_url, "sqlite:/nonexistent/dir/x.sqlite"
+        )
+        check_store_url("memory")
+
+
+class BatchWriterTests(SynchronousTestCase):
+    """
+    Tests for L{BatchWriter}, the group commit.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.batches: list[Batch] = []
+        self.commits: list[Deferred[None]] = []
+        self.writer = BatchWriter(self.clock, self.commit)
+
+    def commit(self, batch: Batch) -> Deferred[None]:
+        self.batches.append(batch)
+        d: Deferred[None] = Deferred()
+        self.commits.append(d)
+        return d
+
+    def test_one_transaction_per_turn(self) -> None:
+        """
+        The writes of one reactor turn are one transaction, and each write
+        is acknowledged only when it is committed.
+        """
+        waits = [self.writer.add(job(i)) for i in range(1, 101)]
+        self.assertEqual(self.batches, [])
+        self.clock.advance(0)
+        self.assertEqual(len(self.batches), 1)
+        self.assertEqual(len(self.batches[0][0]), 100)
+        for w in waits:
+            self.assertNoResult(w)
+        self.commits[0].callback(None)
+        for w in waits:
+            self.successResultOf(w)
+
+    def test_next_batch_waits_for_commit(self) -> None:
+        """
+        Writes made while a transaction runs form the next batch, started
+        as soon as it commits.
+        """
+        self.writer.add(job(1))
+        self.clock.advance(0)
+        second = [self.writer.add(job(2)), self.writer.remove(1)]
+        self.clock.advance(0)
+        self.assertEqual(len(self.batches), 1)
+        self.commits[0].callback(None)
+        self.assertEqual(self.batches[1], ([job(2)], [1]))
+        self.commits[1].callback(None)
+        for w in second:
+            self.successResultOf(w)
+
+    def test_add_remove_cancel(self) -> None:
+        """
+        A job added and removed in one batch is never written.
+        """
+        added = self.writer.add(job(1))
+        removed = self.writer.remove(1)
+        self.writer.add(job(2))
+        self.clock.advance(0)
+        self.assertEqual(self.batches, [([job(2)], [])])
+        self.commits[0].callback(None)
+        self.successResultOf(added)
+        self.successResultOf(removed)
+
+    def test_nothing_left(self) -> None:
+        """
+        A batch that cancels out entirely needs no transaction.
+        """
+        d = self.writer.add(job(1))
+        self.writer.remove(1)
+        self.clock.advance(0)
+        self.assertEqual(self.batches, [])
+        self.successResultOf(d)
+
+    def test_failure(self) -> None:
+        """
+        A failed transaction fails every write in it; later batches go on.
+        """
+        first = self.writer.add(job(1))
+        self.clock.advance(0)
+        later = self.writer.add(job(2))
+        self.commits[0].errback(RuntimeError("disk full"))
+        self.failureResultOf(first, RuntimeError)
+        self.assertEqual(self.batches[1], ([job(2)], []))
+        self.commits[1].callback(None)
+        self.successResultOf(later)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_drain(self) -> None:
+        """
+        C{drain} fires once everything written so far is committed, without
+        waiting for the next turn.
+        """
+        self.successResultOf(self.writer.drain())
+        self.writer.add(job(1))
+        drained = self.writer.drain()
+        self.assertEqual(len(self.batches), 1)
+        self.assertNoResult(drained)
+        self.commits[0].callback(None)
+        self.successResultOf(drained)
+        self.clock.advance(0)
+        self.assertEqual(len(self.batches), 1)
