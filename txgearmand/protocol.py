@@ -109,6 +109,14 @@ class GearmanProtocol(Protocol):
         transport = self.transport
         assert transport is not None
         self._peer = transport.getPeer()
+        if isinstance(self._peer, (IPv4Address, IPv6Address)):
+            # Small request/reply packets: Nagle's algorithm would hold
+            # replies back for the peer's delayed ACK (as Gearman::Server
+            # and C gearmand, set TCP_NODELAY).
+            try:
+                transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+            except (AttributeError, OSError):
+                pass
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self.server.new_client(self)
         self.log.debug("Connection from {peer}", peer=self.describe())

@@ -335,6 +335,24 @@ class WriteTests(ServerTestMixin, SynchronousTestCase):
         conn.protocol.resumeProducing()
         self.assertEqual(conn.transport.producerState, "producing")
 
+    def test_tcp_nodelay(self) -> None:
+        """
+        TCP connections get TCP_NODELAY: small replies are not held back
+        by Nagle's algorithm.
+        """
+        from txgearmand.test.helpers import CountingTransport
+
+        calls: list[bool] = []
+
+        class TCPTransport(CountingTransport):
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                calls.append(enabled)
+
+        self.make_server()
+        protocol = GearmanProtocol(self.server)
+        protocol.makeConnection(TCPTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 9)))
+        self.assertEqual(calls, [True])
+
     def test_write_after_close_ignored(self) -> None:
         """
         Telling a closed connection to send does nothing.
