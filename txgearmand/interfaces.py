@@ -5,6 +5,7 @@ Interfaces where users plug things into txgearmand.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from zope.interface import Interface
@@ -45,9 +46,10 @@ class IJobStore(Interface):
     """
     Durable storage for background jobs.
 
-    The job server calls L{add} when it accepts a background job and only
-    acknowledges the job (JOB_CREATED) once the returned Deferred has fired,
-    L{remove} when the job has ended, and L{load} once at start-up.  Every
+    The job server calls L{add_many} with the background jobs it accepted
+    in a reactor turn and only acknowledges them (JOB_CREATED) once the
+    returned Deferred has fired, L{remove_many} with the jobs that ended,
+    and L{load} once at start-up.  Every
     method returns a Deferred and none may block the reactor thread.  A
     store should batch writes (many L{add} and L{remove} calls of one
     reactor turn in one transaction): durability must cost little.
@@ -82,6 +84,20 @@ class IJobStore(Interface):
         Forget a job that has ended.
 
         @return: a Deferred that fires once the removal is committed.
+        """
+
+    def add_many(jobs: Sequence[StoredJob]) -> Deferred[None]:
+        """
+        Store several jobs (what the server accepted in one reactor turn).
+
+        @return: a Deferred that fires once all of them are durable.
+        """
+
+    def remove_many(job_ids: Sequence[int]) -> Deferred[None]:
+        """
+        Forget several jobs.
+
+        @return: a Deferred that fires once the removals are committed.
         """
 
     def close() -> Deferred[None]:

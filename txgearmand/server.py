@@ -296,6 +296,9 @@ class JobServer(Service):
         #: what they are told to send and L{flush} writes it.
         self.batch_depth = 0
         self._dirty: list[GearmanProtocol] = []
+        self._flush_pending = False
+        self._to_store: list[Job] = []
+        self._to_remove: list[int] = []
 
         self.accepting = True
         self.draining = False
@@ -431,31 +434,43 @@ class JobServer(Service):
 
     def _store_job(self, job: Job) -> None:
         """
-        Give a job to the store; its submitters are answered on commit.
+        Give a job to the store (with the others of this turn, when the
+        batch ends); its submitters are answered on commit.
         """
-        assert self.store is not None
         self._store_seq += 1
         job.store_id = self._store_seq
         job.commit_waiters = []
-        d = self.store.add(
-            StoredJob(
-                self._store_seq,
-                job.handle,
-                job.queue.name,
-                job.unique,
-                job.data,
-                job.priority,
-                job.when,
-                job.reducer,
-            )
-        )
-        d.addBoth(self._job_committed, job)
+        self._to_store.append(job)
+        if not self.batch_depth:
+            self.flush()
 
-    def _job_committed(self, result: object, job: Job) -> None:
-        waiters = job.commit_waiters or []
-        job.commit_waiters = None
+    def _send_to_store(self) -> None:
+        jobs, self._to_store = self._to_store, []
+        assert self.store is not None
+        d = self.store.add_many(
+            [
+                StoredJob(
+                    job.store_id,
+                    job.handle,
+                    job.queue.name,
+                    job.unique,
+                    job.data,
+                    job.priority,
+                    job.when,
+                    job.reducer,
+                )
+                for job in jobs
+            ]
+        )
+        d.addBoth(self._jobs_committed, jobs)
+
+    def _jobs_committed(self, result: object, jobs: list[Job]) -> None:
         failure = result if isinstance(result, Failure) else None
-        with self.batch():
+        # Replies go out together, once per connection, on the next turn.
+        self._flush_soon()
+        for job in jobs:
+            waiters = job.commit_waiters or []
+            job.commit_waiters = None
             if failure is not None:
                 job.store_id = None
                 if job.background and job.state is not _DONE:
@@ -463,6 +478,27 @@ class JobServer(Service):
                     self._finish(job)
             for waiter in waiters:
                 waiter(failure)
+
+    def _send_removals(self) -> None:
+        ids, self._to_remove = self._to_remove, []
+        assert self.store is not None
+        self.store.remove_many(ids).addErrback(_ignore)
+
+    def _flush_soon(self) -> None:
+        """
+        Hold what connections are told to send until the next reactor
+        turn, then write it, once per connection.
+        """
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.batch_depth += 1
+            self._clock.callLater(0, self._end_flush_soon)
+
+    def _end_flush_soon(self) -> None:
+        self._flush_pending = False
+        self.batch_depth -= 1
+        if not self.batch_depth:
+            self.flush()
 
     def _cancel_timers(self) -> None:
         for fq in self._functions.values():
@@ -495,8 +531,13 @@ class JobServer(Service):
 
     def flush(self) -> None:
         """
-        Write out every connection's buffered output.
+        Hand the store what this batch accepted and ended, and write out
+        every connection's buffered output.
         """
+        if self._to_store:
+            self._send_to_store()
+        if self._to_remove:
+            self._send_removals()
         dirty = self._dirty
         if dirty:
             self._dirty = []
@@ -936,9 +977,10 @@ class JobServer(Service):
         if self.jobs_by_handle.get(job.handle) is job:
             del self.jobs_by_handle[job.handle]
         if job.store_id is not None and self.store is not None:
-            d = self.store.remove(job.store_id)
-            d.addErrback(_ignore)
+            self._to_remove.append(job.store_id)
             job.store_id = None
+            if not self.batch_depth:
+                self.flush()
         self._unset_unique_job(job)
         self._maybe_forget(job.queue)
         if self.draining:

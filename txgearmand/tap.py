@@ -5,6 +5,7 @@ The command line of C{twistd gearmand}, and the service tree it runs.
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 from typing import Any
@@ -281,6 +282,10 @@ def makeService(options: Options, reactor: Any = None) -> GearmandService:
 
         reactor = _reactor
     _log.set_level(options["verbose"])
+    # A job server holds many long-lived objects (jobs); with the default
+    # thresholds the cyclic collector walks them so often that it halves
+    # throughput.  Jobs rarely form cycles: collect young objects less often.
+    gc.set_threshold(50_000, 20, 20)
     try:
         # Before the reactor runs: a store that cannot be opened fails the
         # start, with a message, rather than a server that loses jobs.

@@ -6,7 +6,7 @@ transaction took, go to the database in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -51,6 +51,20 @@ class BatchWriter:
     def remove(self, job_id: int) -> Deferred[None]:
         if self._adds.pop(job_id, None) is None:
             self._removes.append(job_id)
+        return self._wait()
+
+    def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        adds = self._adds
+        for job in jobs:
+            adds[job.id] = job
+        return self._wait()
+
+    def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
+        adds = self._adds
+        removes = self._removes
+        for job_id in job_ids:
+            if adds.pop(job_id, None) is None:
+                removes.append(job_id)
         return self._wait()
 
     def _wait(self) -> Deferred[None]:

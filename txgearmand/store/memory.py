@@ -6,6 +6,8 @@ survives a L{JobServer} (restart a server on the same store in tests).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
@@ -37,6 +39,16 @@ class MemoryStore:
 
     def remove(self, job_id: int) -> Deferred[None]:
         self.jobs.pop(job_id, None)
+        return succeed(None)
+
+    def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        for job in jobs:
+            self.add(job)
+        return succeed(None)
+
+    def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
+        for job_id in job_ids:
+            self.remove(job_id)
         return succeed(None)
 
     def close(self) -> Deferred[None]:

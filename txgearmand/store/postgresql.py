@@ -7,6 +7,7 @@ group commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -119,6 +120,12 @@ class PostgreSQLStore:
 
     def remove(self, job_id: int) -> Deferred[None]:
         return self._writer.remove(job_id)
+
+    def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        return self._writer.add_many(jobs)
+
+    def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
+        return self._writer.remove_many(job_ids)
 
     def _commit(self, batch: Batch) -> Deferred[None]:
         return self._run(self._write, batch)

@@ -5,6 +5,8 @@ keeping replies in order, forgetting what ends, and replaying at start-up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,13 +29,20 @@ class ManualStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.waiting: list[tuple[StoredJob, Deferred[None]]] = []
+        self.batches: list[tuple[list[StoredJob], Deferred[None]]] = []
         self.removed: list[int] = []
         self.fail_next = False
 
-    def add(self, job: StoredJob) -> Deferred[None]:
+    @property
+    def waiting(self) -> list[StoredJob]:
+        """
+        The jobs given to the store and not yet committed.
+        """
+        return [job for jobs, _ in self.batches for job in jobs]
+
+    def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
         d: Deferred[None] = Deferred()
-        self.waiting.append((job, d))
+        self.batches.append((list(jobs), d))
         return d
 
     def remove(self, job_id: int) -> Deferred[None]:
@@ -41,12 +50,13 @@ class ManualStore(MemoryStore):
         return super().remove(job_id)
 
     def commit(self) -> None:
-        waiting, self.waiting = self.waiting, []
-        for stored, d in waiting:
+        batches, self.batches = self.batches, []
+        for jobs, d in batches:
             if self.fail_next:
                 d.errback(OSError("disk full"))
             else:
-                self.jobs[stored.id] = stored
+                for job in jobs:
+                    self.jobs[job.id] = job
                 d.callback(None)
 
 
@@ -65,6 +75,13 @@ class DurabilityTestMixin:
     def connect(self) -> FakeConnection:
         return FakeConnection(self.server)
 
+    def commit(self) -> None:
+        """
+        The store commits what waits; the replies go out on the next turn.
+        """
+        self.store.commit()  # type: ignore[attr-defined]
+        self.clock.advance(0)
+
 
 class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
     """
@@ -81,9 +98,9 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         client = self.connect()
         client.send(P.SUBMIT_JOB_BG, b"f", b"u", b"data")
         self.assertEqual(client.packets(), [])
-        ((stored, _),) = self.store.waiting  # type: ignore[attr-defined]
+        (stored,) = self.store.waiting  # type: ignore[attr-defined]
         self.assertEqual(stored, StoredJob(1, b"H:d:1", b"f", b"u", b"data", NORMAL, None, b""))
-        self.store.commit()  # type: ignore[attr-defined]
+        self.commit()
         self.assertEqual(client.packets(), [(P.JOB_CREATED, (b"H:d:1",))])
 
     def test_replies_keep_order(self) -> None:
@@ -102,7 +119,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         self.assertEqual(other.packets(), [(P.ECHO_RES, (b"other",))])
         self.assertEqual(client.packets(), [])
         client.transport.writes = 0
-        self.store.commit()  # type: ignore[attr-defined]
+        self.commit()
         self.assertEqual(
             client.packets(),
             [
@@ -122,7 +139,8 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
             b"".join(encode_request(P.SUBMIT_JOB_BG, b"f", b"", b"%d" % i) for i in range(50))
         )
         self.assertEqual(len(self.store.waiting), 50)  # type: ignore[attr-defined]
-        self.store.commit()  # type: ignore[attr-defined]
+        self.assertEqual(len(self.store.batches), 1)  # type: ignore[attr-defined]
+        self.commit()
         self.assertEqual(len(client.packets()), 50)
 
     def test_store_failure(self) -> None:
@@ -133,7 +151,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         client = self.connect()
         client.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
         self.store.fail_next = True  # type: ignore[attr-defined]
-        self.store.commit()  # type: ignore[attr-defined]
+        self.commit()
         ((ptype, (code, text)),) = client.packets()
         self.assertEqual((ptype, code), (P.ERROR, b"QUEUE_ERROR"))
         self.assertIn(b"disk full", text)
@@ -150,7 +168,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         c2.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
         self.assertEqual(len(self.store.waiting), 1)  # type: ignore[attr-defined]
         self.assertEqual(c2.packets(), [])
-        self.store.commit()  # type: ignore[attr-defined]
+        self.commit()
         self.assertEqual(c1.packets(), c2.packets())
 
     def test_foreground_not_stored(self) -> None:
@@ -173,7 +191,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         bg.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
         self.assertEqual(bg.packets(), [])
         self.assertEqual(len(self.store.waiting), 1)  # type: ignore[attr-defined]
-        self.store.commit()  # type: ignore[attr-defined]
+        self.commit()
         self.assertEqual(bg.packets(), fg.packets())
 
     def test_job_ends_record_removed(self) -> None:
@@ -183,7 +201,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         client = self.connect()
         for unique in (b"a", b"b", b"c"):
             client.send(P.SUBMIT_JOB_BG, b"f", unique, b"")
-        self.store.commit()  # type: ignore[attr-defined]
+        self.commit()
         handles = [p[1][0] for p in client.packets()]
         worker = self.connect().can_do(b"f")
         worker.grab()
@@ -200,7 +218,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         """
         client = self.connect()
         client.send(P.SUBMIT_JOB_BG, b"f", b"", b"")
-        self.store.commit()  # type: ignore[attr-defined]
+        self.commit()
         worker = self.connect().can_do(b"f")
         worker.grab()
         worker.disconnect()
@@ -213,7 +231,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         """
         client = self.connect()
         client.send(P.SUBMIT_JOB_EPOCH, b"f", b"", b"5000", b"later")
-        ((stored, _),) = self.store.waiting  # type: ignore[attr-defined]
+        (stored,) = self.store.waiting  # type: ignore[attr-defined]
         self.assertEqual(stored.when, 5000.0)
 
 
@@ -237,6 +255,7 @@ class ReplayTests(DurabilityTestMixin, SynchronousTestCase):
         client.send(P.SUBMIT_JOB_BG, b"g", b"-", b"dash")
         client.send(P.SUBMIT_JOB_EPOCH, b"f", b"", b"100", b"scheduled")
         client.send(P.SUBMIT_JOB, b"f", b"", b"foreground")
+        self.clock.advance(0)
         self.handles = [p[1][0] for p in client.packets()]
         self.server.stopService()
 
@@ -305,7 +324,10 @@ class ReplayTests(DurabilityTestMixin, SynchronousTestCase):
         """
         self.fill()
         self.start()
-        new = self.connect().submit(b"f", b"new", ptype=P.SUBMIT_JOB_BG)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"", b"new")
+        self.clock.advance(0)
+        ((_, (new,)),) = client.packets()
         stored = self.handles[:5]
         self.assertNotIn(new, stored)
         self.assertGreater(int(new.rsplit(b":", 1)[1]), int(stored[-1].rsplit(b":", 1)[1]))

@@ -105,6 +105,17 @@ class _JobStoreContractMixin:
         await gatherResults([store.remove(2), store.remove(4), store.remove(99)])
         self.assertEqual([j.id for j in await store.load()], [1, 3, 5])
 
+    async def test_many_at_once(self) -> None:
+        """
+        C{add_many} and C{remove_many} do what many C{add} and C{remove}
+        calls do, with one Deferred.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        await store.add_many([job(i) for i in range(1, 11)])
+        await store.remove_many([2, 3, 99])
+        self.assertEqual([j.id for j in await store.load()], [1, 4, 5, 6, 7, 8, 9, 10])
+
     async def test_add_and_remove_together(self) -> None:
         """
         A job added and removed before either is committed is not there.

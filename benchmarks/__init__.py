@@ -1,0 +1,3 @@
+"""
+Benchmarks of txgearmand against its peers.  See README.rst.
+"""
