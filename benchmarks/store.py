@@ -53,7 +53,7 @@ def submit_rates(jobs: int, rounds: int, workdir: Path) -> dict[str, float]:
     """
     servers = _servers(workdir)
     rates: dict[str, list[float]] = {name: [] for name, _ in servers}
-    for name, server in servers:
+    for _, server in servers:
         if server is not None:
             server.start()
     try:
@@ -128,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             if name in rates and c_sqlite:
                 print(f"  {name} / C gearmand libsqlite3 = {rates[name] / c_sqlite:6.1f}x")
         if "txgearmand sqlite" in rates and memory:
-            print(
-                f"  txgearmand sqlite / txgearmand memory = {rates['txgearmand sqlite'] / memory:6.2f}x"
-            )
+            ratio = rates["txgearmand sqlite"] / memory
+            print(f"  txgearmand sqlite / txgearmand memory = {ratio:6.2f}x")
         if not args.no_replay:
             for kind in ("sqlite", "postgresql"):
                 try:
@@ -139,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"(no {kind} replay: {e})")
                     continue
                 print(
-                    f"Restart with {args.replay_jobs} stored jobs ({kind}): submitting them live took "
-                    f"{r['live_seconds']:.1f} s, replay until serving {r['replay_seconds']:.1f} s "
+                    f"Restart with {args.replay_jobs} stored jobs ({kind}): "
+                    f"submitting them live took {r['live_seconds']:.1f} s, "
+                    f"replay until serving {r['replay_seconds']:.1f} s "
                     f"(ratio {r['replay_seconds'] / r['live_seconds']:.2f}); RSS live "
                     f"{r['live_rss_mib']:.0f} MiB, after replay {r['replay_rss_mib']:.0f} MiB "
                     f"(ratio {r['replay_rss_mib'] / r['live_rss_mib']:.2f})"
