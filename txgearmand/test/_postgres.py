@@ -45,7 +45,7 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return [runuser, "-u", "postgres", "--", *argv]
 
 
-def _start() -> str:
+def _start(keep: bool = False) -> str:
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -107,7 +107,8 @@ def _start() -> str:
         )
         shutil.rmtree(directory, ignore_errors=True)
 
-    atexit.register(stop)
+    if not keep:
+        atexit.register(stop)
     return f"postgresql://gearman@127.0.0.1:{port}/postgres"
 
 
@@ -141,3 +142,13 @@ def fresh_database() -> str:
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return base.rsplit("/", 1)[0] + "/" + name
+
+
+if __name__ == "__main__":
+    # For CI: start a cluster that outlives this process; print its URL.
+    import sys
+
+    try:
+        print(_start(keep=True))
+    except Unavailable as e:
+        sys.exit(f"no PostgreSQL: {e}")
