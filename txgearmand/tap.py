@@ -285,7 +285,9 @@ def makeService(options: Options, reactor: Any = None) -> GearmandService:
     # A job server holds many long-lived objects (jobs); with the default
     # thresholds the cyclic collector walks them so often that it halves
     # throughput.  Jobs rarely form cycles: collect young objects less often.
-    gc.set_threshold(50_000, 20, 20)
+    # (PyPy's collector is another kind, without these knobs.)
+    if hasattr(gc, "set_threshold"):
+        gc.set_threshold(50_000, 20, 20)
     try:
         # Before the reactor runs: a store that cannot be opened fails the
         # start, with a message, rather than a server that loses jobs.
