@@ -7,9 +7,12 @@ server tells it, bytes out.
 from __future__ import annotations
 
 import re
+import socket
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
+from twisted.internet import tcp as _tcp
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
@@ -92,6 +95,7 @@ class GearmanProtocol(Protocol):
         #: Output held back behind submissions the store has not committed:
         #: bytes, and one-item lists for those replies (filled on commit).
         self._held: deque[bytes | list[bytes | None]] | None = None
+        self._socket: socket.socket | None = None
         GearmanProtocol._count += 1
         self.number = GearmanProtocol._count
         self._peer: IAddress | None = None
@@ -118,6 +122,7 @@ class GearmanProtocol(Protocol):
             except (AttributeError, OSError):
                 pass
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._socket = _direct_socket(transport)
         self.server.new_client(self)
         self.log.debug("Connection from {peer}", peer=self.describe())
         if not self.server.ready:
@@ -149,7 +154,7 @@ class GearmanProtocol(Protocol):
         finally:
             server.batch_depth -= 1
             if not server.batch_depth:
-                server.flush()
+                server.end_of_input()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -226,8 +231,32 @@ class GearmanProtocol(Protocol):
                 server.mark_dirty(self)
             out.append(data)
         else:
-            assert self.transport is not None
-            self.transport.write(data)
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write to the transport - straight to its socket when nothing is
+        buffered in it, saving Twisted's write-readiness round trip (two
+        epoll updates, a poll and a callback) per write.
+        """
+        transport: Any = self.transport
+        sock = self._socket
+        if (
+            sock is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and not transport.disconnecting
+        ):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                # Would block, or the connection is broken: the transport
+                # buffers the data, or finds out.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def reply_when_committed(self, job: Job) -> None:
         """
@@ -283,10 +312,7 @@ class GearmanProtocol(Protocol):
         self._out = []
         if self.closed or self.transport is None:
             return
-        if len(out) == 1:
-            self.transport.write(out[0])
-        else:
-            self.transport.write(b"".join(out))
+        self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         """
@@ -570,6 +596,19 @@ class GearmanProtocol(Protocol):
 
     def _h_not_expected(self, body: bytes) -> None:
         self.send_raw(_NOT_EXPECTED_PACKET)
+
+
+def _direct_socket(transport: object) -> socket.socket | None:
+    """
+    The socket of a plain TCP or UNIX transport whose buffer we can check
+    (Twisted's C{tcp.Connection}), else L{None} (TLS, test transports).
+    """
+    if not isinstance(transport, _tcp.Connection):
+        return None
+    if not all(hasattr(transport, a) for a in ("_tempDataLen", "offset", "dataBuffer")):
+        return None
+    sock = getattr(transport, "socket", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _text(failure: Failure) -> bytes:

@@ -211,6 +211,10 @@ class JobServer(Service):
         starts, before any connection is served.
     @ivar ready: False until the store is replayed; connections made
         before then wait.
+    @ivar coalesce_writes: what the connections read in one reactor turn
+        is answered at the end of the turn, one write per connection
+        however many of its peers' packets caused output for it (else at
+        the end of each read: tests on a fake clock want that).
     @ivar jobs_by_handle: every live job by its handle.
     @ivar accepting: False while draining or stopped: the factory builds no
         protocol for new connections.
@@ -238,6 +242,7 @@ class JobServer(Service):
         admin_shutdown: str = "local",
         verbose: str = "INFO",
         store: IJobStore | None = None,
+        coalesce_writes: bool = True,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -288,6 +293,7 @@ class JobServer(Service):
         self._handle_counter = 0
         self._schedule_counter = 0
         self.store = store
+        self.coalesce_writes = coalesce_writes
         self._store_seq = 0
         self.ready = store is None
         self._ready_waiters: list[Callable[[], object]] = []
@@ -528,6 +534,16 @@ class JobServer(Service):
         the current batch.
         """
         self._dirty.append(conn)
+
+    def end_of_input(self) -> None:
+        """
+        A connection has handled what it read: write the output now, or
+        (L{coalesce_writes}) at the end of this reactor turn.
+        """
+        if self.coalesce_writes:
+            self._flush_soon()
+        else:
+            self.flush()
 
     def flush(self) -> None:
         """

@@ -49,6 +49,9 @@ class MemoryGearmanServer:
         """
         self.clock = clock if clock is not None else Clock()
         options.setdefault("job_handle_prefix", b"H:memory")
+        # Replies at the end of each read, not of a reactor turn: nothing
+        # waits for the clock to move.
+        options.setdefault("coalesce_writes", False)
         self.job_server = JobServer(self.clock, **options)
         self.job_server.startService()
         self._pumps: list[iosim.IOPump] = []

@@ -163,6 +163,7 @@ class ServerTestMixin:
         """
         self.clock = Clock()
         kwargs.setdefault("job_handle_prefix", b"H:test")
+        kwargs.setdefault("coalesce_writes", False)
         self.server = JobServer(self.clock, **kwargs)
         self.server.startService()
         return self.server

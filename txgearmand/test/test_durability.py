@@ -68,6 +68,7 @@ class DurabilityTestMixin:
         if store is not None:
             self.store = store
         kwargs.setdefault("job_handle_prefix", b"H:d")
+        kwargs.setdefault("coalesce_writes", False)
         self.server = JobServer(self.clock, store=self.store, **kwargs)  # type: ignore[arg-type]
         self.server.startService()
         return self.server

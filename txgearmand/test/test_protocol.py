@@ -323,6 +323,31 @@ class WriteTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(client.transport.writes, 1)
         self.assertEqual(len(client.packets()), 10)
 
+    def test_coalesced_per_turn(self) -> None:
+        """
+        With C{coalesce_writes} (the default), what several reads in one
+        reactor turn send a connection goes out at the end of the turn, in
+        one write.
+        """
+        self.make_server(coalesce_writes=True)
+        client = self.connect()
+        handles = []
+        for i in range(3):
+            client.send(P.SUBMIT_JOB, b"f", b"", b"%d" % i)
+        self.clock.advance(0)
+        handles = [p[1][0] for p in client.packets()]
+        workers = [self.worker(b"f") for _ in handles]
+        for w in workers:
+            w.send(P.GRAB_JOB)
+        self.clock.advance(0)
+        client.transport.writes = 0
+        for w, h in zip(workers, handles):
+            w.send(P.WORK_COMPLETE, h, b"r")
+        self.assertEqual(client.packets(), [])
+        self.clock.advance(0)
+        self.assertEqual(client.transport.writes, 1)
+        self.assertEqual([p[0] for p in client.packets()], [P.WORK_COMPLETE] * 3)
+
     def test_back_pressure(self) -> None:
         """
         When its transport's buffer fills, the connection stops reading the
