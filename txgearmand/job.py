@@ -57,7 +57,8 @@ class Job:
     @ivar when: the epoch time before which it must not run, or L{None}.
     @ivar listeners: the connections that wait on its results, in order,
         once per submission (a connection that submitted it twice is here
-        twice and gets every update twice, as from both peers).
+        twice and gets every update twice, as from both peers); an empty
+        tuple, not a list, while there are none (most jobs: background).
     @ivar require_listener: a foreground job that loses all its listeners
         before a worker takes it is dropped; a background submission that
         coalesces onto it clears this.
@@ -82,7 +83,7 @@ class Job:
     background: bool = False
     reducer: bytes = b""
     when: float | None = None
-    listeners: list[GearmanProtocol] = attrs.Factory(list)
+    listeners: list[GearmanProtocol] = ()  # type: ignore[assignment]
     require_listener: bool = True
     worker: GearmanProtocol | None = None
     numerator: bytes = b"0"

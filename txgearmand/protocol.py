@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,8 @@ from txgearmand.wire import PacketType
 __all__ = ["GearmanProtocol", "GearmanServerFactory"]
 
 _encode = wire.encode
+_RESPONSE_MAGIC = wire.RESPONSE_MAGIC
+_pack_type_size = struct.Struct(">II").pack
 _ERROR = PacketType.ERROR
 _JOB_CREATED = PacketType.JOB_CREATED
 _NO_JOB = PacketType.NO_JOB
@@ -210,7 +213,22 @@ class GearmanProtocol(Protocol):
         """
         Send a response packet now, or at the end of the server's batch.
         """
-        self.send_raw(_encode(ptype, *args))
+        # The hot path: encode and buffer inline.
+        if self.closed:
+            return
+        body = b"\0".join(args)
+        data = _RESPONSE_MAGIC + _pack_type_size(ptype, len(body)) + body
+        if self._held is not None:
+            self._held.append(data)
+            return
+        server = self.server
+        if server.batch_depth:
+            out = self._out
+            if not out:
+                server._dirty.append(self)
+            out.append(data)
+        else:
+            self._write(data)
 
     def send_raw(self, data: bytes) -> None:
         """

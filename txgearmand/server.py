@@ -831,7 +831,10 @@ class JobServer(Service):
                 elif client is not None:
                     # One entry per submission, as both peers do: a client
                     # that submitted twice gets every update twice.
-                    job.listeners.append(client)
+                    if job.listeners:
+                        job.listeners.append(client)
+                    else:
+                        job.listeners = [client]
                     client.listening[job] = None
                 return job
         fq = self._functions.get(function)
@@ -852,7 +855,7 @@ class JobServer(Service):
             if self.store is not None:
                 self._store_job(job)
         elif client is not None:
-            job.listeners.append(client)
+            job.listeners = [client]
             client.listening[job] = None
         if when is not None and when > self._clock.seconds():
             self._schedule_job(job)

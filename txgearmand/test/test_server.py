@@ -57,7 +57,7 @@ class SubmitTests(ServerTestMixin, SynchronousTestCase):
             job = self.server.job_by_handle(handle)
             assert job is not None
             self.assertEqual((job.priority, job.background), (priority, background), ptype)
-            self.assertEqual(job.listeners, [] if background else [client.protocol])
+            self.assertEqual(list(job.listeners), [] if background else [client.protocol])
 
     def test_pipelined_submits_answered_in_order(self) -> None:
         """
