@@ -25,9 +25,8 @@ setup(
         "tls": ["Twisted[tls]"],
         "postgresql": ["psycopg>=3.1"],
         "test": [
-            "Twisted[tls]",
+            "Twisted[tls]; platform_python_implementation == 'CPython'",
             "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
-            "psycopg>=3.1; platform_python_implementation != 'CPython'",
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",

@@ -64,10 +64,12 @@ _SELECT = (
 
 def _connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
+    # Every statement is read to its end: PyPy's sqlite3 otherwise leaves
+    # it open, and COMMIT then fails with "SQL statements in progress".
+    db.execute("PRAGMA journal_mode=WAL").fetchall()
     # FULL: a committed transaction survives a power cut, not only a crash.
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute(_SCHEMA)
+    db.execute("PRAGMA synchronous=FULL").fetchall()
+    db.execute(_SCHEMA).fetchall()
     return db
 
 
@@ -136,21 +138,25 @@ class SQLiteStore:
         db = self._db
         assert db is not None
         adds, removes = batch
-        db.execute("BEGIN")
+        cursor = db.cursor()
+        cursor.execute("BEGIN")
         try:
             # Many rows per statement: sqlite3 lets go of the GIL once per
             # statement step, and getting it back while the reactor thread
             # is busy costs a switch interval each time.
             for start in range(0, len(adds), _ROWS):
                 chunk = adds[start : start + _ROWS]
-                db.execute(_insert_rows(len(chunk)), [v for job in chunk for v in job])
+                cursor.execute(_insert_rows(len(chunk)), [v for job in chunk for v in job])
             for start in range(0, len(removes), _IDS):
                 chunk_ids = removes[start : start + _IDS]
-                db.execute(_delete_ids(len(chunk_ids)), chunk_ids)
+                cursor.execute(_delete_ids(len(chunk_ids)), chunk_ids)
+            cursor.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                cursor.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
+        finally:
+            cursor.close()
 
     def close(self) -> Deferred[None]:
         def shut(_: object) -> Deferred[None]:

@@ -45,7 +45,15 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return [runuser, "-u", "postgres", "--", *argv]
 
 
+def _check_driver() -> None:
+    import platform
+
+    if platform.python_implementation() == "PyPy":
+        raise Unavailable("psycopg 3 does not run on PyPy 7.3 (its ctypes libpq binding fails)")
+
+
 def _start(keep: bool = False) -> str:
+    _check_driver()
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -120,7 +128,10 @@ def server_url() -> str:
     """
     if "url" not in _state:
         try:
-            _state["url"] = os.environ.get("TXGEARMAND_TEST_POSTGRESQL") or _start()
+            url = os.environ.get("TXGEARMAND_TEST_POSTGRESQL")
+            if url:
+                _check_driver()
+            _state["url"] = url or _start()
             _state["why"] = None
         except Unavailable as e:
             _state["url"] = None
@@ -135,9 +146,9 @@ def fresh_database() -> str:
     """
     A new, empty database on the test server; its conninfo URL.
     """
+    base = server_url()
     import psycopg
 
-    base = server_url()
     name = "t_" + uuid.uuid4().hex[:16]
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
