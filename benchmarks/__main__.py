@@ -30,7 +30,9 @@ from benchmarks import loadgen
 from benchmarks._load import rss_kib
 from txgearmand.test import _process
 
-PYPY_VENV = Path(os.environ.get("TXGEARMAND_PYPY_VENV", Path.home() / ".cache/txgearmand/pypy-venv"))
+PYPY_VENV = Path(
+    os.environ.get("TXGEARMAND_PYPY_VENV", Path.home() / ".cache/txgearmand/pypy-venv")
+)
 
 
 def pypy_python() -> str | None:
@@ -46,7 +48,16 @@ def pypy_python() -> str | None:
         try:
             subprocess.run([pypy, "-m", "venv", str(PYPY_VENV)], check=True, capture_output=True)
             subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "Twisted<=26.4", "attrs", "zope.interface"],
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "Twisted<=26.4",
+                    "attrs",
+                    "zope.interface",
+                ],
                 check=True,
                 capture_output=True,
                 timeout=600,
@@ -126,15 +137,50 @@ def scenarios(full: bool) -> list[tuple[str, str, bool, Callable[[int], dict[str
         return run
 
     return [
-        ("fg_1x1_100B", "foreground, 1 client x 1 worker, 100 B, 1 in flight", False, fg(1, 1, 100, 1)),
-        ("fg_10x10_100B", "foreground, 10 clients x 10 workers, 100 B, 8 in flight each", False, fg(10, 10, 100, 8)),
-        ("fg_10x10_64KiB", "foreground, 10 clients x 10 workers, 64 KiB, 2 in flight each", False, fg(10, 10, 65536, 2)),
-        ("bg_submit_drain", f"background: submit {jobs} x 100 B on one connection, drain with 10 workers", True, bg(False)),
-        ("bg_priorities_drain", f"background HIGH/NORMAL/LOW: submit {jobs}, drain with GRAB_JOB_UNIQ", True, bg(True)),
-        ("rss_queued", f"server RSS with {jobs} queued 100 B background jobs", True, None),  # type: ignore[list-item]
-        ("idle_herd", f"{herd} sleeping workers, {herd_jobs} jobs 1 s apart: NOOPs per job", False,
-         lambda port: {"noops_per_job": loadgen.idle_herd(port, herd, herd_jobs, 1.0 if full else 0.5)}),
+        (
+            "fg_1x1_100B",
+            "foreground, 1 client x 1 worker, 100 B, 1 in flight",
+            False,
+            fg(1, 1, 100, 1),
+        ),
+        (
+            "fg_10x10_100B",
+            "foreground, 10 clients x 10 workers, 100 B, 8 in flight each",
+            False,
+            fg(10, 10, 100, 8),
+        ),
+        (
+            "fg_10x10_64KiB",
+            "foreground, 10 clients x 10 workers, 64 KiB, 2 in flight each",
+            False,
+            fg(10, 10, 65536, 2),
+        ),
+        (
+            "bg_submit_drain",
+            f"background: submit {jobs} x 100 B on one connection, drain with 10 workers",
+            True,
+            bg(False),
+        ),
+        (
+            "bg_priorities_drain",
+            f"background HIGH/NORMAL/LOW: submit {jobs}, drain with GRAB_JOB_UNIQ",
+            True,
+            bg(True),
+        ),
+        ("rss_queued", f"server RSS with {jobs} queued 100 B background jobs", True, _no_run),
+        (
+            "idle_herd",
+            f"{herd} sleeping workers, {herd_jobs} jobs 1 s apart: NOOPs per job",
+            False,
+            lambda port: {
+                "noops_per_job": loadgen.idle_herd(port, herd, herd_jobs, 1.0 if full else 0.5)
+            },
+        ),
     ]
+
+
+def _no_run(port: int) -> dict[str, float]:
+    raise AssertionError("rss_queued is measured by rss_scenario")
 
 
 def rss_scenario(server: _process.Server, jobs: int) -> dict[str, float]:
@@ -210,12 +256,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _commit() -> str:
     try:
-        return subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -227,11 +276,15 @@ def report(
     skipped: dict[str, str],
     rounds: int,
 ) -> None:
-    print(f"\nMedians of {rounds} round(s); one 2-core machine; load generator in separate processes.")
+    print(
+        f"\nMedians of {rounds} round(s); one 2-core machine; load generator in separate processes."
+    )
     for kind, why in skipped.items():
         print(f"  {SERVER_NAMES[kind]}: skipped ({why})")
     width = 14
-    header = f"{'scenario / metric':42s}" + "".join(f"{SERVER_NAMES[k][:width]:>{width + 2}s}" for k in kinds)
+    header = f"{'scenario / metric':42s}" + "".join(
+        f"{SERVER_NAMES[k][:width]:>{width + 2}s}" for k in kinds
+    )
     print()
     print(header)
     print("-" * len(header))
@@ -266,7 +319,9 @@ def report(
             for peer in peers:
                 pv = results.get((name, metric, peer))
                 if pv and statistics.median(pv):
-                    parts.append(f"{SERVER_NAMES[peer]} {statistics.median(mv) / statistics.median(pv):.2f}x")
+                    parts.append(
+                        f"{SERVER_NAMES[peer]} {statistics.median(mv) / statistics.median(pv):.2f}x"
+                    )
             if parts:
                 print(f"  {name}.{metric} {SERVER_NAMES[mine]}: " + ", ".join(parts))
 

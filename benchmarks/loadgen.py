@@ -18,25 +18,27 @@ import struct
 import time
 from typing import Any
 
+from txgearmand.wire import PacketType as P
+
 _HEADER = struct.Struct(">4sII")
 _REQ = b"\0REQ"
 
-CAN_DO = 1
-PRE_SLEEP = 4
-NOOP = 6
-SUBMIT_JOB = 7
-JOB_CREATED = 8
-GRAB_JOB = 9
-NO_JOB = 10
-JOB_ASSIGN = 11
-WORK_COMPLETE = 13
-WORK_FAIL = 14
-SUBMIT_JOB_BG = 18
-ERROR = 19
-GRAB_JOB_UNIQ = 30
-JOB_ASSIGN_UNIQ = 31
-SUBMIT_JOB_HIGH_BG = 32
-SUBMIT_JOB_LOW_BG = 34
+CAN_DO = int(P.CAN_DO)
+PRE_SLEEP = int(P.PRE_SLEEP)
+NOOP = int(P.NOOP)
+SUBMIT_JOB = int(P.SUBMIT_JOB)
+JOB_CREATED = int(P.JOB_CREATED)
+GRAB_JOB = int(P.GRAB_JOB)
+NO_JOB = int(P.NO_JOB)
+JOB_ASSIGN = int(P.JOB_ASSIGN)
+WORK_COMPLETE = int(P.WORK_COMPLETE)
+WORK_FAIL = int(P.WORK_FAIL)
+SUBMIT_JOB_BG = int(P.SUBMIT_JOB_BG)
+ERROR = int(P.ERROR)
+GRAB_JOB_UNIQ = int(P.GRAB_JOB_UNIQ)
+JOB_ASSIGN_UNIQ = int(P.JOB_ASSIGN_UNIQ)
+SUBMIT_JOB_HIGH_BG = int(P.SUBMIT_JOB_HIGH_BG)
+SUBMIT_JOB_LOW_BG = int(P.SUBMIT_JOB_LOW_BG)
 
 
 def packet(ptype: int, *args: bytes) -> bytes:
@@ -208,8 +210,8 @@ def submit_background(
     """
     c = Conn(port)
     c.sock.setblocking(True)
-    kinds = (SUBMIT_JOB_HIGH_BG, SUBMIT_JOB_BG, SUBMIT_JOB_LOW_BG) if priorities else (
-        SUBMIT_JOB_BG,
+    kinds = (
+        (SUBMIT_JOB_HIGH_BG, SUBMIT_JOB_BG, SUBMIT_JOB_LOW_BG) if priorities else (SUBMIT_JOB_BG,)
     )
     start = time.perf_counter()
     sent = received = 0

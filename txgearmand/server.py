@@ -15,7 +15,7 @@ import heapq
 import os
 import socket
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -51,6 +51,7 @@ _RUNNING = JobState.RUNNING
 _SCHEDULED = JobState.SCHEDULED
 _DONE = JobState.DONE
 
+_NOT_FOUND_RESULT = b"Job given in work result not found"
 _NOOP = PacketType.NOOP
 _WORK_FAIL = PacketType.WORK_FAIL
 _WORK_EXCEPTION = PacketType.WORK_EXCEPTION
@@ -172,15 +173,6 @@ class FunctionQueue:
         if dead > _COMPACT_THRESHOLD and dead > self.queued[p]:
             self.queues[p] = deque(j for j in self.queues[p] if j.state is _QUEUED)
             self._dead[p] = 0
-
-    def queued_jobs(self) -> Iterator[Job]:
-        """
-        The live queued jobs, highest priority first, FIFO within one.
-        """
-        for q in self.queues:
-            for job in q:
-                if job.state is _QUEUED:
-                    yield job
 
 
 class JobServer(Service):
@@ -1177,9 +1169,8 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
-            if handle in worker.released:
-                return
-            raise GearmanError(b"JOB_NOT_FOUND", b"Job given in work result not found")
+            self._not_held(worker, handle, _NOT_FOUND_RESULT, final=False)
+            return
         job.numerator = numerator
         job.denominator = denominator
         for listener in job.listeners:
@@ -1191,9 +1182,8 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
-            if handle in worker.released:
-                return
-            raise GearmanError(b"JOB_NOT_FOUND", b"Job does not exist on server")
+            self._not_held(worker, handle, b"Job does not exist on server", final=False)
+            return
         for listener in job.listeners:
             listener.send_packet(ptype, handle, data)
 
@@ -1203,10 +1193,8 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
-            if handle in worker.released:
-                del worker.released[handle]
-                return
-            raise GearmanError(b"JOB_NOT_FOUND", b"Job given in work result not found")
+            self._not_held(worker, handle, _NOT_FOUND_RESULT)
+            return
         for listener in job.listeners:
             listener.send_packet(PacketType.WORK_COMPLETE, handle, data)
         worker.jobs_done += 1
@@ -1218,10 +1206,8 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
-            if handle in worker.released:
-                del worker.released[handle]
-                return
-            raise GearmanError(b"JOB_NOT_FOUND", b"Job given in work result not found")
+            self._not_held(worker, handle, _NOT_FOUND_RESULT)
+            return
         for listener in job.listeners:
             listener.send_packet(_WORK_FAIL, handle)
         worker.jobs_done += 1
@@ -1235,12 +1221,10 @@ class JobServer(Service):
         """
         job = worker.held.get(handle)
         if job is None:
-            if handle in worker.released:
-                del worker.released[handle]
-                return
-            raise GearmanError(
-                b"JOB_NOT_FOUND", b"An exception was received for a job that does not exist"
+            self._not_held(
+                worker, handle, b"An exception was received for a job that does not exist"
             )
+            return
         forward_all = self.exceptions
         for listener in job.listeners:
             if forward_all or listener.exceptions:
@@ -1251,6 +1235,19 @@ class JobServer(Service):
         # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL.
         worker.remember_released(handle)
         self._finish(job)
+
+    @staticmethod
+    def _not_held(worker: GearmanProtocol, handle: bytes, text: bytes, final: bool = True) -> None:
+        """
+        A result for a job the worker does not hold: dropped quietly if the
+        server took that job from it (a final result ends that grace),
+        else C{JOB_NOT_FOUND}.
+        """
+        if handle in worker.released:
+            if final:
+                del worker.released[handle]
+            return
+        raise GearmanError(b"JOB_NOT_FOUND", text)
 
     # -- status ---------------------------------------------------------
 

@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from txgearmand import _log
 from txgearmand.interfaces import StoredJob
@@ -123,3 +125,65 @@ class BatchWriter:
             self._scheduled = False
             self._flush()
         return d
+
+
+class ThreadedStore:
+    """
+    What the SQLite and PostgreSQL stores share: one thread of their own
+    for the database, and a L{BatchWriter} whose batches run there as one
+    transaction each (L{_write}, which subclasses give).
+    """
+
+    def __init__(self, reactor: Any, thread_name: str) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name=thread_name)
+        self._writer = BatchWriter(reactor, self._commit)
+
+    def _run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def _open_in_thread(self, f: Callable[[], object]) -> Deferred[None]:
+        """
+        Start the thread and run C{f} (which connects) in it; stop the
+        thread again if that fails.
+        """
+        self._pool.start()
+
+        def failed(failure: Failure) -> Failure:
+            self._pool.stop()
+            return failure
+
+        return self._run(f).addCallbacks(lambda _: None, failed)
+
+    def add(self, job: StoredJob) -> Deferred[None]:
+        return self._writer.add(job)
+
+    def remove(self, job_id: int) -> Deferred[None]:
+        return self._writer.remove(job_id)
+
+    def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        return self._writer.add_many(jobs)
+
+    def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
+        return self._writer.remove_many(job_ids)
+
+    def _commit(self, batch: Batch) -> Deferred[None]:
+        return self._run(self._write, batch)
+
+    def _write(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def _close_connection(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> Deferred[None]:
+        """
+        Commit what is pending, close the connection, stop the thread.
+        """
+        d = self._writer.drain().addBoth(lambda _: self._run(self._close_connection))
+        return d.addBoth(self._stop_pool)
+
+    def _stop_pool(self, result: object) -> object:
+        if self._pool.started:
+            self._pool.stop()
+        return result

@@ -7,17 +7,14 @@ group commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from txgearmand import _log
 from txgearmand.interfaces import IJobStore, StoredJob
-from txgearmand.store._batch import Batch, BatchWriter
+from txgearmand.store._batch import Batch, ThreadedStore
 
 __all__ = ["PostgreSQLStore", "check_postgresql"]
 
@@ -64,7 +61,7 @@ def check_postgresql(conninfo: str, table: str = "txgearmand_jobs") -> None:
 
 
 @implementer(IJobStore)
-class PostgreSQLStore:
+class PostgreSQLStore(ThreadedStore):
     """
     An L{IJobStore} in a PostgreSQL table (default C{txgearmand_jobs}).
 
@@ -76,27 +73,16 @@ class PostgreSQLStore:
     def __init__(self, reactor: Any, conninfo: str, table: str = "txgearmand_jobs") -> None:
         if not table.replace("_", "").isalnum():
             raise ValueError(f"not a table name: {table!r}")
-        self._reactor = reactor
+        super().__init__(reactor, "txgearmand-postgresql")
         self.conninfo = conninfo
         self.table = table
-        self._pool = ThreadPool(1, 1, name="txgearmand-postgresql")
         self._conn: Any = None
-        self._writer = BatchWriter(reactor, self._commit)
-
-    def _run(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def open(self) -> Deferred[None]:
-        self._pool.start()
-
         def connect() -> None:
             self._conn = _connect(self.conninfo, self.table)
 
-        def failed(failure: Any) -> Any:
-            self._pool.stop()
-            return failure
-
-        return self._run(connect).addErrback(failed)
+        return self._open_in_thread(connect)
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -114,21 +100,6 @@ class PostgreSQLStore:
             return [StoredJob(*row) for row in rows]
 
         return self._run(select)
-
-    def add(self, job: StoredJob) -> Deferred[None]:
-        return self._writer.add(job)
-
-    def remove(self, job_id: int) -> Deferred[None]:
-        return self._writer.remove(job_id)
-
-    def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
-        return self._writer.add_many(jobs)
-
-    def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
-        return self._writer.remove_many(job_ids)
-
-    def _commit(self, batch: Batch) -> Deferred[None]:
-        return self._run(self._write, batch)
 
     def _write(self, batch: Batch) -> None:
         try:
@@ -151,19 +122,7 @@ class PostgreSQLStore:
             if removes:
                 cur.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (removes,))
 
-    def close(self) -> Deferred[None]:
-        def shut(_: object) -> Deferred[None]:
-            def close_conn() -> None:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-            return self._run(close_conn)
-
-        d = self._writer.drain().addBoth(shut)
-        return d.addBoth(self._stop_pool)
-
-    def _stop_pool(self, result: object) -> object:
-        if self._pool.started:
-            self._pool.stop()
-        return result
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

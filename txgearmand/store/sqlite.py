@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from txgearmand.interfaces import IJobStore, StoredJob
-from txgearmand.store._batch import Batch, BatchWriter
+from txgearmand.store._batch import Batch, ThreadedStore
 
 __all__ = ["SQLiteStore", "check_sqlite"]
 
@@ -82,7 +79,7 @@ def check_sqlite(path: str) -> None:
 
 
 @implementer(IJobStore)
-class SQLiteStore:
+class SQLiteStore(ThreadedStore):
     """
     An L{IJobStore} in an SQLite database file.
 
@@ -91,26 +88,15 @@ class SQLiteStore:
     """
 
     def __init__(self, reactor: Any, path: str) -> None:
-        self._reactor = reactor
+        super().__init__(reactor, f"txgearmand-sqlite:{path}")
         self.path = path
-        self._pool = ThreadPool(1, 1, name=f"txgearmand-sqlite:{path}")
         self._db: sqlite3.Connection | None = None
-        self._writer = BatchWriter(reactor, self._commit)
-
-    def _run(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def open(self) -> Deferred[None]:
-        self._pool.start()
+        def connect() -> None:
+            self._db = _connect(self.path)
 
-        def opened(db: sqlite3.Connection) -> None:
-            self._db = db
-
-        def failed(failure: Any) -> Any:
-            self._pool.stop()
-            return failure
-
-        return self._run(_connect, self.path).addCallbacks(opened, failed)
+        return self._open_in_thread(connect)
 
     def load(self) -> Deferred[list[StoredJob]]:
         def select() -> list[StoredJob]:
@@ -118,21 +104,6 @@ class SQLiteStore:
             return [StoredJob(*row) for row in self._db.execute(_SELECT)]
 
         return self._run(select)
-
-    def add(self, job: StoredJob) -> Deferred[None]:
-        return self._writer.add(job)
-
-    def remove(self, job_id: int) -> Deferred[None]:
-        return self._writer.remove(job_id)
-
-    def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
-        return self._writer.add_many(jobs)
-
-    def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
-        return self._writer.remove_many(job_ids)
-
-    def _commit(self, batch: Batch) -> Deferred[None]:
-        return self._run(self._write, batch)
 
     def _write(self, batch: Batch) -> None:
         db = self._db
@@ -158,19 +129,7 @@ class SQLiteStore:
         finally:
             cursor.close()
 
-    def close(self) -> Deferred[None]:
-        def shut(_: object) -> Deferred[None]:
-            def close_db() -> None:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-            return self._run(close_db)
-
-        d = self._writer.drain().addBoth(shut)
-        return d.addBoth(self._stop_pool)
-
-    def _stop_pool(self, result: object) -> object:
-        if self._pool.started:
-            self._pool.stop()
-        return result
+    def _close_connection(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

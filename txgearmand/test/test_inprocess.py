@@ -198,6 +198,44 @@ class InProcessEndpointTests(InProcessTestMixin, TestCase):
         lazy.transport.loseConnection()
 
 
+class DirectWriteTests(InProcessTestMixin, TestCase):
+    """
+    Writing straight to the socket (when the transport holds nothing) must
+    keep every byte, in order, also when the socket takes only part.
+    """
+
+    async def test_partial_sends_keep_order(self) -> None:
+        """
+        A write the socket cannot take whole is finished by the transport,
+        and later writes queue behind it.
+        """
+
+        class Collect(Protocol):
+            data = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data += data
+
+        client = cast(Collect, await self.endpoint.connect(_factory(Collect)))
+        await eventually(lambda: len(self.server.clients()) == 1)
+        (conn,) = self.server.clients()
+        self.assertIsNotNone(conn._socket)
+        assert conn._socket is not None
+        conn._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 4096
+        conn.send_raw(big)
+        conn.send_raw(b"after")
+        transport: Any = conn.transport
+        self.assertTrue(
+            transport._tempDataLen or len(transport.dataBuffer),
+            "the socket should not have taken a megabyte at once",
+        )
+        await eventually(lambda: len(client.data) == len(big) + 5)
+        self.assertEqual(client.data, big + b"after")
+        assert client.transport is not None
+        client.transport.loseConnection()
+
+
 def _factory(protocol_class: type[Protocol]) -> Any:
     from twisted.internet.protocol import Factory
 
