@@ -30,6 +30,7 @@ __all__ = ["GearmanProtocol", "GearmanServerFactory"]
 _encode = wire.encode
 _RESPONSE_MAGIC = wire.RESPONSE_MAGIC
 _pack_type_size = struct.Struct(">II").pack
+_READ_SIZE = 256 * 1024
 _ERROR = PacketType.ERROR
 _JOB_CREATED = PacketType.JOB_CREATED
 _NO_JOB = PacketType.NO_JOB
@@ -126,6 +127,10 @@ class GearmanProtocol(Protocol):
                 pass
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._socket = _direct_socket(transport)
+        if self._socket is not None:
+            # Read up to 256 KiB at a time (Twisted's default is 64 KiB): a
+            # 64 KiB job arrives in one read, not two.
+            transport.bufferSize = _READ_SIZE  # type: ignore[attr-defined]
         self.server.new_client(self)
         self.log.debug("Connection from {peer}", peer=self.describe())
         if not self.server.ready:
@@ -216,8 +221,16 @@ class GearmanProtocol(Protocol):
         # The hot path: encode and buffer inline.
         if self.closed:
             return
-        body = b"\0".join(args)
-        data = _RESPONSE_MAGIC + _pack_type_size(ptype, len(body)) + body
+        if args:
+            # One copy of a large payload: the header rides on the first
+            # (small) argument.
+            size = len(args) - 1
+            for arg in args:
+                size += len(arg)
+            first = _RESPONSE_MAGIC + _pack_type_size(ptype, size) + args[0]
+            data = b"\0".join((first, *args[1:])) if len(args) > 1 else first
+        else:
+            data = _RESPONSE_MAGIC + _pack_type_size(ptype, 0)
         if self._held is not None:
             self._held.append(data)
             return
