@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -28,8 +27,6 @@ from txgearmand.wire import PacketType
 __all__ = ["GearmanProtocol", "GearmanServerFactory"]
 
 _encode = wire.encode
-_RESPONSE_MAGIC = wire.RESPONSE_MAGIC
-_pack_type_size = struct.Struct(">II").pack
 _READ_SIZE = 256 * 1024
 _ERROR = PacketType.ERROR
 _JOB_CREATED = PacketType.JOB_CREATED
@@ -218,30 +215,7 @@ class GearmanProtocol(Protocol):
         """
         Send a response packet now, or at the end of the server's batch.
         """
-        # The hot path: encode and buffer inline.
-        if self.closed:
-            return
-        if args:
-            # One copy of a large payload: the header rides on the first
-            # (small) argument.
-            size = len(args) - 1
-            for arg in args:
-                size += len(arg)
-            first = _RESPONSE_MAGIC + _pack_type_size(ptype, size) + args[0]
-            data = b"\0".join((first, *args[1:])) if len(args) > 1 else first
-        else:
-            data = _RESPONSE_MAGIC + _pack_type_size(ptype, 0)
-        if self._held is not None:
-            self._held.append(data)
-            return
-        server = self.server
-        if server.batch_depth:
-            out = self._out
-            if not out:
-                server._dirty.append(self)
-            out.append(data)
-        else:
-            self._write(data)
+        self.send_raw(_encode(ptype, *args))
 
     def send_raw(self, data: bytes) -> None:
         """

@@ -203,8 +203,17 @@ def encode(ptype: int, *args: bytes) -> bytes:
         opaque data containing NUL bytes.
     @return: the whole packet.
     """
-    body = b"\0".join(args)
-    return RESPONSE_MAGIC + _pack_type_size(ptype, len(body)) + body
+    if not args:
+        return RESPONSE_MAGIC + _pack_type_size(ptype, 0)
+    # One copy of a large payload: the header rides on the first (small)
+    # argument instead of being prepended to the joined body.
+    size = len(args) - 1
+    for arg in args:
+        size += len(arg)
+    first = RESPONSE_MAGIC + _pack_type_size(ptype, size) + args[0]
+    if len(args) == 1:
+        return first
+    return b"\0".join((first, *args[1:]))
 
 
 def encode_request(ptype: int, *args: bytes) -> bytes:
