@@ -289,9 +289,6 @@ class _ClientProtocol(Protocol):
         if entry is not None:
             entry[1].callback(args)
 
-    def _tasks(self, handle: bytes) -> deque[_Task] | None:
-        return self._jobs.get(handle)
-
     def _next_task(self, handle: bytes) -> _Task | None:
         # One copy of each update arrives per submission: deal them out in
         # turn (the server sends them in submission order).
@@ -653,7 +650,6 @@ class _WorkerProtocol(Protocol):
         self.grabbing = False
         self.sleeping = False
         self.connected = False
-        self.current: Deferred[None] | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -753,15 +749,12 @@ class _WorkerProtocol(Protocol):
 
         def next_job(_: object) -> None:
             self.busy = False
-            self.current = None
             self.worker._job_done()
             self.grab()
 
         d.addCallback(done)
         d.addErrback(failed)
         d.addBoth(next_job)
-        if self.busy:
-            self.current = d
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
