@@ -14,16 +14,17 @@ silence.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from txgearmand import __version__
+from txgearmand import _log
+from txgearmand._version import __version__
+from txgearmand.interfaces import IPeer
 from txgearmand.job import JobState
-from txgearmand.server import GearmanError
+from txgearmand.server import JobServer
+from txgearmand.wire import GearmanError
 
-if TYPE_CHECKING:
-    from txgearmand.protocol import GearmanProtocol
+__all__ = ["COMMANDS", "reply"]
 
-__all__ = ["COMMANDS", "handle_line"]
+log = _log.logger("txgearmand.admin")
 
 _END = b".\n"
 _OK = b"OK\r\n"
@@ -41,16 +42,16 @@ def _err_unknown(word: bytes) -> bytes:
     return b"ERR UNKNOWN_COMMAND Unknown+server+command%s\r\n" % word
 
 
-def _status(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _status(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     lines = [
         b"%s\t%d\t%d\t%d\n" % (fq.name, fq.total(), fq.running, len(fq.workers))
-        for fq in conn.server.functions()
+        for fq in server.registry.listed()
     ]
     lines.append(_END)
     return b"".join(lines)
 
 
-def _prioritystatus(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _prioritystatus(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     lines = [
         b"%s\t%d\t%d\t%d\t%d\n"
         % (
@@ -60,25 +61,25 @@ def _prioritystatus(conn: GearmanProtocol, args: list[bytes]) -> bytes:
             fq.queued[2],
             len(fq.workers),
         )
-        for fq in conn.server.functions()
+        for fq in server.registry.listed()
     ]
     lines.append(_END)
     return b"".join(lines)
 
 
-def _workers(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _workers(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     lines = []
-    for other in sorted(conn.server.clients(), key=lambda c: c.fileno()):
+    numbered = [(p.peer.fileno(), p) for p in server.clients()]
+    numbered.sort(key=lambda pair: pair[0])
+    for fd, other in numbered:
         functions = b"".join(b" " + name for name in other.abilities)
-        lines.append(
-            b"%d %s %s :%s\n"
-            % (other.fileno(), other.peer_host().encode("ascii"), other.client_id, functions)
-        )
+        host = other.peer.peer_host().encode("ascii")
+        lines.append(b"%d %s %s :%s\n" % (fd, host, other.client_id, functions))
     lines.append(_END)
     return b"".join(lines)
 
 
-def _maxqueue(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _maxqueue(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if not args:
         return _err_incomplete(b"maxqueue")
     function, numbers = args[0], args[1:]
@@ -89,21 +90,20 @@ def _maxqueue(conn: GearmanProtocol, args: list[bytes]) -> bytes:
     except ValueError:
         return b"ERR INVALID_ARGUMENTS maxqueue+limits+must+be+integers\r\n"
     if not limits:
-        conn.server.set_max_queue(function, 0)
+        server.set_max_queue(function, 0)
     elif len(limits) == 1:
-        conn.server.set_max_queue(function, limits[0])
+        server.set_max_queue(function, limits[0])
     elif len(limits) == 2:
-        conn.server.set_max_queue(function, limits[0], limits[1], 0)
+        server.set_max_queue(function, limits[0], limits[1], 0)
     else:
-        conn.server.set_max_queue(function, limits[0], limits[1], limits[2])
+        server.set_max_queue(function, limits[0], limits[1], limits[2])
     return _OK
 
 
-def _show(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _show(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if not args:
         return _err_unknown(b"show")
     what = [a.lower() for a in args]
-    server = conn.server
     if what == [b"jobs"]:
         lines = [
             b"%s\t%d\t0\t%d\n" % (job.handle, job.retries, 1 if job.background else 0)
@@ -117,28 +117,28 @@ def _show(conn: GearmanProtocol, args: list[bytes]) -> bytes:
     return b"".join(lines)
 
 
-def _cancel(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _cancel(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if len(args) != 2:
         return _err_unknown(b"cancel")
     if args[0].lower() != b"job":
         return b"ERR UNKNOWN_ERROR\r\n"
-    if conn.server.cancel_job(args[1]):
+    if server.cancel_job(args[1]):
         return _OK
     return b"ERR UNKNOWN_JOB\r\n"
 
 
-def _create(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _create(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if len(args) != 2 or args[0].lower() != b"function":
         return _err_incomplete(b"create")
-    conn.server.create_function(args[1])
+    server.registry.create(args[1])
     return _OK
 
 
-def _drop(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _drop(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if len(args) != 2 or args[0].lower() != b"function":
         return _err_incomplete(b"drop")
     try:
-        dropped = conn.server.drop_function(args[1])
+        dropped = server.registry.drop(args[1])
     except GearmanError as e:
         return b"ERR %s\r\n" % (e.text,)
     if dropped is None:
@@ -146,30 +146,30 @@ def _drop(conn: GearmanProtocol, args: list[bytes]) -> bytes:
     return _OK
 
 
-def _getpid(conn: GearmanProtocol, args: list[bytes]) -> bytes:
-    return b"OK %d\n" % (conn.server.pid,)
+def _getpid(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
+    return b"OK %d\n" % (server.pid,)
 
 
-def _verbose(conn: GearmanProtocol, args: list[bytes]) -> bytes:
-    return b"OK %s\n" % (conn.server.verbose.encode("ascii"),)
+def _verbose(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
+    return b"OK %s\n" % (server.settings.verbose.encode("ascii"),)
 
 
-def _version(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _version(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     return b"OK %s\n" % (__version__.encode("ascii"),)
 
 
-def _jobs(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _jobs(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     lines = []
-    for job in conn.server.jobs():
+    for job in server.jobs():
         worker = job.worker.describe().encode("ascii") if job.worker is not None else b"-"
         lines.append(b"%s\t%s\t%s\t%d\n" % (job.queue.name, job.unique, worker, len(job.listeners)))
     lines.append(_END)
     return b"".join(lines)
 
 
-def _clients(conn: GearmanProtocol, args: list[bytes]) -> bytes:
+def _clients(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     lines = []
-    for client in conn.server.clients():
+    for client in server.clients():
         lines.append(client.describe().encode("ascii") + b"\n")
         for job in client.listening:
             if job.state is JobState.DONE:
@@ -180,12 +180,11 @@ def _clients(conn: GearmanProtocol, args: list[bytes]) -> bytes:
     return b"".join(lines)
 
 
-def _shutdown(conn: GearmanProtocol, args: list[bytes]) -> bytes:
-    server = conn.server
-    policy = server.admin_shutdown
+def _shutdown(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
+    policy = server.settings.admin_shutdown
     if policy == "never":
         return _err_unknown(b"shutdown")
-    if policy == "local" and not conn.is_local():
+    if policy == "local" and not peer.is_local():
         return b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+local+connections\r\n"
     if server.on_shutdown is None:
         return b"ERR NOT_SUPPORTED this+server+has+no+shutdown+action\r\n"
@@ -195,17 +194,17 @@ def _shutdown(conn: GearmanProtocol, args: list[bytes]) -> bytes:
         graceful = False
     else:
         return b"ERR unknown_args Unknown+arguments+to+server+command\r\n"
-    conn.log.info(
+    log.info(
         "{how} shutdown requested by {peer}",
         how="Graceful" if graceful else "Immediate",
-        peer=conn.describe(),
+        peer=peer.describe(),
     )
     server.shutdown(graceful)
     return b"OK\n"
 
 
 #: Command word (lower case) to the function that builds its reply.
-COMMANDS: dict[bytes, Callable[[GearmanProtocol, list[bytes]], bytes]] = {
+COMMANDS: dict[bytes, Callable[[JobServer, IPeer, list[bytes]], bytes]] = {
     b"status": _status,
     b"prioritystatus": _prioritystatus,
     b"workers": _workers,
@@ -223,19 +222,16 @@ COMMANDS: dict[bytes, Callable[[GearmanProtocol, list[bytes]], bytes]] = {
 }
 
 
-def handle_line(conn: GearmanProtocol, line: bytes) -> None:
+def reply(server: JobServer, peer: IPeer, line: bytes) -> bytes:
     """
-    Answer one admin text line on a connection.
+    The whole reply to one admin text line from C{peer}.
     """
     words = line.split()
     if not words:
-        conn.send_raw(_err_unknown(b""))
-        return
+        return _err_unknown(b"")
     if len(words) > _MAX_WORDS:
-        conn.send_raw(b"ERR TOO_MANY_ARGS Too+many+arguments+in+one+command\r\n")
-        return
+        return b"ERR TOO_MANY_ARGS Too+many+arguments+in+one+command\r\n"
     command = COMMANDS.get(words[0].lower())
     if command is None:
-        conn.send_raw(_err_unknown(words[0]))
-        return
-    conn.send_raw(command(conn, words[1:]))
+        return _err_unknown(words[0])
+    return command(server, peer, words[1:])

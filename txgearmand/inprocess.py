@@ -12,51 +12,34 @@ Twisted (L{to_inprocess_server}) or to a child's standard input and output
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError, ProcessDone
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
     IProtocolFactory,
-    IReactorProcess,
     IReactorSocket,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import ProcessProtocol, ServerFactory
+from twisted.internet.protocol import ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txgearmand import _log
-from txgearmand.protocol import GearmanProtocol, GearmanServerFactory
+from txgearmand._socketpair import (
+    WorkerProcess,
+    adopt_server_end,
+    pair,
+    socket_to,
+    spawn_with_socket,
+)
+from txgearmand.protocol import GearmanProtocol
 from txgearmand.server import JobServer
 
 __all__ = ["InProcessEndpoint", "WorkerProcess", "start_worker", "to_inprocess_server"]
-
-log = _log.logger("txgearmand.inprocess")
-
-
-class _LabelledServerFactory(GearmanServerFactory):
-    """
-    Builds server protocols that show a label instead of a peer address,
-    and remembers the last one.
-    """
-
-    def __init__(self, job_server: JobServer, label: str) -> None:
-        super().__init__(job_server)
-        self.label = label
-        self.built: GearmanProtocol | None = None
-
-    def buildProtocol(self, addr: IAddress | None) -> GearmanProtocol | None:
-        protocol = super().buildProtocol(addr)
-        if protocol is not None:
-            protocol.label = self.label
-        self.built = protocol
-        return protocol
 
 
 class _RecordingFactory(ServerFactory):
@@ -71,24 +54,6 @@ class _RecordingFactory(ServerFactory):
     def buildProtocol(self, addr: IAddress | None) -> Any:
         self.built = self.wrapped.buildProtocol(addr)  # type: ignore[arg-type]
         return self.built
-
-
-def _pair() -> tuple[socket.socket, socket.socket]:
-    server_end, other_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    server_end.setblocking(False)
-    return server_end, other_end
-
-
-def _adopt_server_end(
-    reactor: IReactorSocket, job_server: JobServer, sock: socket.socket, label: str
-) -> GearmanProtocol | None:
-    factory = _LabelledServerFactory(job_server, label)
-    try:
-        reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, factory)
-    finally:
-        # The reactor has its own duplicate of the descriptor.
-        sock.close()
-    return factory.built
 
 
 @implementer(IStreamClientEndpoint)
@@ -123,10 +88,12 @@ class InProcessEndpoint:
         """
         if not self._job_server.accepting:
             return fail(ConnectionRefusedError("the job server does not accept connections"))
-        server_end, client_end = _pair()
+        server_end, client_end = pair()
         client_end.setblocking(False)
         try:
-            server = _adopt_server_end(self._reactor, self._job_server, server_end, "in-process")
+            server = adopt_server_end(
+                self._reactor, self._job_server.factory, server_end, "in-process"
+            )
             if server is None:
                 return fail(ConnectionRefusedError("the job server refused the connection"))
             recorder = _RecordingFactory(protocolFactory)
@@ -136,7 +103,7 @@ class InProcessEndpoint:
         finally:
             client_end.close()
         if recorder.built is None:
-            server.close()
+            server.transport.loseConnection()  # type: ignore[attr-defined]
             return fail(ConnectionRefusedError("the client factory built no protocol"))
         return succeed(recorder.built)
 
@@ -149,47 +116,7 @@ def to_inprocess_server(reactor: IReactorSocket, job_server: JobServer) -> socke
     """
     if not job_server.accepting:
         raise ConnectionRefusedError("the job server does not accept connections")
-    server_end, client_end = _pair()
-    if _adopt_server_end(reactor, job_server, server_end, "in-process") is None:
-        client_end.close()
-        raise ConnectionRefusedError("the job server refused the connection")
-    client_end.setblocking(True)
-    return client_end
-
-
-class WorkerProcess(ProcessProtocol):
-    """
-    Watches a worker started by L{start_worker}: logs its output on
-    standard error and its exit.
-
-    @ivar ended: fires with the exit code when the child is gone.
-    """
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        self.argv = list(argv)
-        self.ended: Deferred[int | None] = Deferred()
-        self.pid: int | None = None
-
-    def errReceived(self, data: bytes) -> None:
-        log.info(
-            "worker {pid} {argv}: {text}",
-            pid=self.pid,
-            argv=self.argv[0],
-            text=data.decode("utf-8", "replace").rstrip(),
-        )
-
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        if reason.check(ProcessDone):
-            log.info("worker {pid} {argv} exited", pid=self.pid, argv=self.argv)
-        else:
-            log.warn(
-                "worker {pid} {argv} ended: {why}",
-                pid=self.pid,
-                argv=self.argv,
-                why=reason.getErrorMessage(),
-            )
-        self.ended.callback(code)
+    return socket_to(reactor, job_server.factory, "in-process")
 
 
 def start_worker(
@@ -204,8 +131,8 @@ def start_worker(
     standard input and output, as Gearman::Server's C{start_worker}: its
     fd 0 and 1 are one end of a socketpair whose other end is a server
     connection, and C{GEARMAN_WORKER_USE_STDIO=1} is in its environment
-    (Perl's Gearman::Worker, and L{txgearmand.client.GearmanWorker} with
-    L{txgearmand.client.stdio_endpoint}, honour it).  Its standard error
+    (Perl's Gearman::Worker, and L{txgearmand.worker.GearmanWorker} with
+    L{txgearmand.endpoints.stdio_endpoint}, honour it).  Its standard error
     is logged, and so is its exit; the jobs it held then go to another
     worker.
 
@@ -215,31 +142,8 @@ def start_worker(
     @return: the child's pid, the server's connection to it, and the
         L{WorkerProcess} watching it.
     """
-    if isinstance(argv, str):
-        argv = [argv]
-    argv = list(argv)
     if not job_server.accepting:
         raise ConnectionRefusedError("the job server does not accept connections")
-    environment = dict(os.environ if env is None else env)
-    environment["GEARMAN_WORKER_USE_STDIO"] = "1"
-    server_end, child_end = _pair()
-    try:
-        connection = _adopt_server_end(reactor, job_server, server_end, "[gearman_child]")
-        if connection is None:
-            raise ConnectionRefusedError("the job server refused the connection")
-        watcher = WorkerProcess(argv)
-        fd = child_end.fileno()
-        process = IReactorProcess(reactor).spawnProcess(
-            watcher,
-            argv[0],
-            argv,
-            env=environment,
-            path=path,
-            childFDs={0: fd, 1: fd, 2: "r"},
-        )
-        watcher.pid = process.pid
-    finally:
-        child_end.close()
-    assert watcher.pid is not None
-    connection.label = f"[gearman_child:{watcher.pid}]"
-    return watcher.pid, connection, watcher
+    pid, connection, watcher = spawn_with_socket(reactor, job_server.factory, argv, env, path)
+    assert isinstance(connection, GearmanProtocol)
+    return pid, connection, watcher

@@ -1,6 +1,7 @@
 # -*- test-case-name: txgearmand.test.test_store -*-
 """
-Interfaces where users plug things into txgearmand.
+Interfaces where users plug things into txgearmand: job stores, and the
+peers that take part in the job server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-__all__ = ["IJobStore", "StoredJob"]
+__all__ = ["IJobStore", "IPeer", "StoredJob"]
 
 
 class StoredJob(NamedTuple):
@@ -42,17 +43,65 @@ class StoredJob(NamedTuple):
     reducer: bytes
 
 
+class IPeer(Interface):
+    """
+    The far side of a participant of the job server, as the model sees it:
+    a Gearman connection (L{txgearmand.protocol.GearmanProtocol}), or
+    anything else that takes part - an HTTP request waiting for a result,
+    a recording fake in a test.
+
+    The job server never touches bytes: it tells a peer which packet to
+    send, and the peer encodes it (or not) and delivers it.
+    """
+
+    def send_packet(ptype: int, *args: bytes) -> None:
+        """
+        Deliver a response packet: its type (a L{txgearmand.wire.PacketType})
+        and its arguments, the last of which may be opaque data.
+        """
+
+    def close() -> None:
+        """
+        End the participation (close the connection) once what was sent so
+        far is delivered.
+        """
+
+    def describe() -> str:
+        """
+        The peer for logs and admin output, e.g. C{127.0.0.1:40312}.
+        """
+
+    def peer_host() -> str:
+        """
+        The peer's address without a port (C{unix} for a UNIX socket, or a
+        label such as C{in-process}), as the admin C{workers} command shows.
+        """
+
+    def fileno() -> int:
+        """
+        A number for the admin C{workers} command: the connection's file
+        descriptor where it has one.
+        """
+
+    def is_local() -> bool:
+        """
+        Whether the peer is on this host (loopback or a UNIX socket).
+        """
+
+
 class IJobStore(Interface):
     """
-    Durable storage for background jobs.
+    Durable storage for background jobs: exactly the calls the job server
+    makes.
 
-    The job server calls L{add_many} with the background jobs it accepted
-    in a reactor turn and only acknowledges them (JOB_CREATED) once the
-    returned Deferred has fired, L{remove_many} with the jobs that ended,
-    and L{load} once at start-up.  Every
-    method returns a Deferred and none may block the reactor thread.  A
-    store should batch writes (many L{add} and L{remove} calls of one
-    reactor turn in one transaction): durability must cost little.
+    The server calls L{open}, then L{load} once at start-up; then, at most
+    once per reactor turn, L{add_many} with the background jobs it accepted
+    in that turn (it answers their submitters only once the returned
+    Deferred has fired) and L{remove_many} with the stored jobs that ended;
+    L{close} when it stops.  No method may block the reactor thread.  The
+    server already gathers a turn's writes into one call: a store commits
+    each call as one transaction, and may group the calls that arrive while
+    a transaction runs into the next one.
     """
 
     def open() -> Deferred[None]:
@@ -67,35 +116,21 @@ class IJobStore(Interface):
         """
         Every stored job.
 
-        @return: a Deferred firing with a list of L{StoredJob}, in L{StoredJob.id}
-            order.
-        """
-
-    def add(job: StoredJob) -> Deferred[None]:
-        """
-        Store a job.
-
-        @return: a Deferred that fires once the job is durable (committed):
-            a crash after that does not lose it.
-        """
-
-    def remove(job_id: int) -> Deferred[None]:
-        """
-        Forget a job that has ended.
-
-        @return: a Deferred that fires once the removal is committed.
+        @return: a Deferred firing with a list of L{StoredJob}, in
+            L{StoredJob.id} order.
         """
 
     def add_many(jobs: Sequence[StoredJob]) -> Deferred[None]:
         """
-        Store several jobs (what the server accepted in one reactor turn).
+        Store jobs.
 
-        @return: a Deferred that fires once all of them are durable.
+        @return: a Deferred that fires once all of them are durable
+            (committed): a crash after that does not lose them.
         """
 
     def remove_many(job_ids: Sequence[int]) -> Deferred[None]:
         """
-        Forget several jobs.
+        Forget jobs that ended (unknown ids are ignored).
 
         @return: a Deferred that fires once the removals are committed.
         """

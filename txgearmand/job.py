@@ -1,110 +1,166 @@
-# -*- test-case-name: txgearmand.test.test_server -*-
+# -*- test-case-name: txgearmand.test.test_model -*-
 """
-What a job is, and who waits on it.
+The job table: every live job by handle, the indexes that coalesce
+submissions by unique id, and the handles themselves.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+import socket
 
-import attrs
+from txgearmand import wire
+from txgearmand.records import HIGH, LOW, NORMAL, Job, JobState, Priority
 
-if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
-
-    from txgearmand.protocol import GearmanProtocol
-    from txgearmand.server import FunctionQueue
-
-__all__ = ["HIGH", "LOW", "NORMAL", "PRIORITY_NAMES", "Job", "JobState"]
-
-#: Priorities, as indexes into a function's queues.
-HIGH = 0
-NORMAL = 1
-LOW = 2
-PRIORITY_NAMES = ("high", "normal", "low")
+__all__ = [
+    "HIGH",
+    "LOW",
+    "MAX_HANDLE_PREFIX",
+    "NORMAL",
+    "Job",
+    "JobState",
+    "JobTable",
+    "Priority",
+    "default_handle_prefix",
+]
 
 
-class JobState(IntEnum):
+class JobTable:
     """
-    Where a job is in its life.
-    """
+    Every live job by handle, and the indexes that coalesce submissions:
+    by unique id and function, and (for the unique C{-}) by function and
+    payload.  It also makes the handles.
 
-    #: Waiting for its time (SUBMIT_JOB_EPOCH); in no queue yet.
-    SCHEDULED = 0
-    #: In its function's queue, waiting for a worker.
-    QUEUED = 1
-    #: Handed to a worker.
-    RUNNING = 2
-    #: Finished, failed, cancelled or dropped; known to nobody any more.
-    DONE = 3
-
-
-@attrs.define(eq=False, slots=True)
-class Job:
-    """
-    One job known to the server.
-
-    Jobs compare and hash by identity.
-
-    @ivar handle: the handle the server gave it.
-    @ivar queue: the L{FunctionQueue} of its function.
-    @ivar unique: the unique id it was submitted with (C{b""} when none).
-    @ivar data: the payload handed to the worker.
-    @ivar priority: L{HIGH}, L{NORMAL} or L{LOW}.
-    @ivar background: True if no client waits on it.
-    @ivar reducer: the reducer of a SUBMIT_REDUCE_JOB (C{b""} when none).
-    @ivar when: the epoch time before which it must not run, or L{None}.
-    @ivar listeners: the connections that wait on its results, in order,
-        once per submission (a connection that submitted it twice is here
-        twice and gets every update twice, as from both peers); an empty
-        tuple, not a list, while there are none (most jobs: background).
-    @ivar require_listener: a foreground job that loses all its listeners
-        before a worker takes it is dropped; a background submission that
-        coalesces onto it clears this.
-    @ivar worker: the connection working on it, when running.
-    @ivar numerator: the last WORK_STATUS numerator.
-    @ivar denominator: the last WORK_STATUS denominator.
-    @ivar retries: how many attempts failed (worker lost, timed out).
-    @ivar state: a L{JobState}.
-    @ivar timer: the pending CAN_DO_TIMEOUT expiry while running.
-    @ivar coalesce_key: the key it is indexed under for coalescing, if any.
-    @ivar store_id: what the job store knows it by, if it was stored.
-    @ivar commit_waiters: while the store has not yet committed the job,
-        what to call (with L{None}, or the failure) once it has; else
-        L{None}.
+    @ivar by_handle: every live job by its handle, oldest first.
+    @ivar prefix: handles are C{<prefix>:<n>}.
     """
 
-    handle: bytes
-    queue: FunctionQueue
-    unique: bytes
-    data: bytes
-    priority: int = NORMAL
-    background: bool = False
-    reducer: bytes = b""
-    when: float | None = None
-    listeners: list[GearmanProtocol] = ()  # type: ignore[assignment]
-    require_listener: bool = True
-    worker: GearmanProtocol | None = None
-    numerator: bytes = b"0"
-    denominator: bytes = b"0"
-    retries: int = 0
-    state: JobState = JobState.QUEUED
-    timer: IDelayedCall | None = None
-    coalesce_key: Any = None
-    store_id: Any = None
-    commit_waiters: Any = None
+    def __init__(self, prefix: bytes | None = None) -> None:
+        if prefix is None:
+            prefix = default_handle_prefix()
+        self.prefix = prefix
+        self.by_handle: dict[bytes, Job] = {}
+        self._counter = 0
+        self._uniques: dict[bytes, dict[bytes, Job]] = {}
+        self._payload_uniques: dict[tuple[bytes, bytes], Job] = {}
 
-    @property
-    def function(self) -> bytes:
-        """
-        The name of the job's function.
-        """
-        return self.queue.name
+    def __len__(self) -> int:
+        return len(self.by_handle)
 
-    @property
-    def running(self) -> bool:
+    def new_handle(self) -> bytes:
         """
-        Whether a worker holds the job.
+        A handle no live job has: C{<prefix>:<n>}, n counting from 1.
         """
-        return self.state is JobState.RUNNING
+        self._counter += 1
+        handle = b"%s:%d" % (self.prefix, self._counter)
+        while handle in self.by_handle:
+            self._counter += 1
+            handle = b"%s:%d" % (self.prefix, self._counter)
+        return handle
+
+    def note_handle(self, handle: bytes) -> None:
+        """
+        A job came back with this handle (replayed from the store): new
+        handles follow it.
+        """
+        prefix = self.prefix + b":"
+        if handle.startswith(prefix):
+            suffix = handle[len(prefix) :]
+            if suffix.isdigit():
+                self._counter = max(self._counter, int(suffix))
+
+    def add(self, job: Job) -> None:
+        """
+        Index a new job by handle and, if it has one, by unique id.
+        """
+        self.by_handle[job.handle] = job
+        if job.unique:
+            self.index_unique(job)
+
+    def remove(self, job: Job) -> None:
+        """
+        Forget a job that ended.
+        """
+        if self.by_handle.get(job.handle) is job:
+            del self.by_handle[job.handle]
+        self.unindex_unique(job)
+
+    def get(self, handle: bytes) -> Job | None:
+        """
+        The live job with this handle, if any.
+        """
+        return self.by_handle.get(handle)
+
+    def of_unique(self, function: bytes, unique: bytes, data: bytes = b"") -> Job | None:
+        """
+        The live job a submission with this function and unique id would
+        coalesce onto, if any.  An empty unique never coalesces; C{-}
+        coalesces on the payload (and never with an empty one).
+        """
+        if not unique:
+            return None
+        if unique == b"-":
+            if not data:
+                return None
+            return self._payload_uniques.get((function, data))
+        by_function = self._uniques.get(unique)
+        if by_function is None:
+            return None
+        return by_function.get(function)
+
+    def of_any_unique(self, unique: bytes) -> Job | None:
+        """
+        A live job with this unique id, whatever its function (what
+        GET_STATUS_UNIQUE looks up).
+        """
+        by_function = self._uniques.get(unique)
+        if not by_function:
+            return None
+        return next(iter(by_function.values()))
+
+    def index_unique(self, job: Job) -> None:
+        """
+        Index a job by its unique id so that duplicates coalesce onto it.
+        """
+        unique = job.unique
+        if not unique:
+            return
+        function = job.queue.name
+        if unique == b"-":
+            if job.data:
+                key = (function, job.data)
+                self._payload_uniques[key] = job
+                job.coalesce_key = key
+            return
+        self._uniques.setdefault(unique, {})[function] = job
+        job.coalesce_key = unique
+
+    def unindex_unique(self, job: Job) -> None:
+        """
+        Stop coalescing onto a job.
+        """
+        key = job.coalesce_key
+        if key is None:
+            return
+        job.coalesce_key = None
+        if isinstance(key, tuple):
+            if self._payload_uniques.get(key) is job:
+                del self._payload_uniques[key]
+            return
+        by_function = self._uniques.get(key)
+        function = job.queue.name
+        if by_function is not None and by_function.get(function) is job:
+            del by_function[function]
+            if not by_function:
+                del self._uniques[key]
+
+
+def default_handle_prefix() -> bytes:
+    """
+    C gearmand's default handle prefix: C{H:<hostname>}.
+    """
+    return b"H:" + socket.gethostname().encode("utf-8", "replace")
+
+
+#: The longest handle prefix: room for ":" and a 10-digit counter within
+#: C gearmand's 63-byte handles.
+MAX_HANDLE_PREFIX = wire.MAX_HANDLE_SIZE - 11

@@ -1,7 +1,8 @@
 # -*- test-case-name: txgearmand.test.test_protocol -*-
 """
-One Gearman connection: bytes in, calls on the L{JobServer}; what the
-server tells it, bytes out.
+One Gearman connection, a thin translator: bytes in, calls on the
+L{JobServer} for the connection's L{Participant}; what the server tells
+the participant, bytes out.
 """
 
 from __future__ import annotations
@@ -10,19 +11,19 @@ import re
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet import tcp as _tcp
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txgearmand import _log, admin, wire
-from txgearmand.job import HIGH, LOW, NORMAL, Job
-from txgearmand.server import FunctionQueue, GearmanError, JobServer
-from txgearmand.wire import PacketType
+from txgearmand import _direct, _log, admin, wire
+from txgearmand.interfaces import IPeer
+from txgearmand.job import HIGH, LOW, NORMAL, Job, JobState
+from txgearmand.records import Participant
+from txgearmand.server import JobServer
+from txgearmand.wire import GearmanError, PacketType
 
 __all__ = ["GearmanProtocol", "GearmanServerFactory"]
 
@@ -30,42 +31,29 @@ _encode = wire.encode
 _READ_SIZE = 256 * 1024
 _ERROR = PacketType.ERROR
 _JOB_CREATED = PacketType.JOB_CREATED
-_NO_JOB = PacketType.NO_JOB
+_RUNNING = JobState.RUNNING
 _WHITESPACE = re.compile(rb"\s+")
 _MAX_CLIENT_ID = 127
-#: How many released handles a connection remembers.
-MAX_RELEASED = 256
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IPeer)
 class GearmanProtocol(Protocol):
     """
     A connection to the job server: a client, a worker, an admin console or
-    all of them at once.
+    all of them at once.  It is the L{IPeer} of its L{Participant}.
 
     Incoming bytes go through a L{wire.PacketParser}; each message is
-    dispatched with one dict lookup.  What the connection must send while
-    the server works in a batch is buffered and written once when the batch
-    ends.  The protocol is its transport's push producer: when the peer
-    stops reading and the transport's buffer fills, the connection stops
-    reading the peer's requests too.
+    dispatched with one dict lookup to a handler that translates it into a
+    call on the L{JobServer}; a L{GearmanError} the server raises becomes
+    an ERROR packet, here and nowhere else.  What the connection must send
+    while the server works in a batch is buffered and written once when
+    the batch ends.  The protocol is its transport's push producer: when
+    the peer stops reading and the transport's buffer fills, the
+    connection stops reading the peer's requests too.
 
     @ivar server: the L{JobServer}.
-    @ivar abilities: the functions it registered, by name.
-    @ivar ability_list: the same L{FunctionQueue}s, in registration order.
-    @ivar timeouts: CAN_DO_TIMEOUT limits in seconds, by function name.
-    @ivar next_function: where in L{ability_list} the next grab starts.
-    @ivar sleeping: sent PRE_SLEEP and was not woken since.
-    @ivar jobs_done: jobs it finished since it last slept.
-    @ivar held: the jobs it works on, by handle.
-    @ivar listening: the jobs it waits on (an ordered set).
-    @ivar exceptions: it asked for WORK_EXCEPTION with OPTION_REQ.
-    @ivar released: handles of jobs the server took from this worker while
-        it still worked on them (timed out, CANT_DO, cancelled) or that it
-        ended with WORK_EXCEPTION: results it still sends for them are
-        dropped without an ERROR (the last L{MAX_RELEASED} are kept).
-    @ivar client_id: set with SET_CLIENT_ID (C{-} by default).
-    @ivar number: a number unique among this server's connections.
+    @ivar participant: what the server keeps for this connection, from
+        C{connectionMade} on.
     @ivar label: shown instead of the peer's address (in-process and child
         connections), or L{None}.
     @ivar paused: its peer does not read what it is sent, so it does not
@@ -73,23 +61,13 @@ class GearmanProtocol(Protocol):
     """
 
     log = _log.logger("txgearmand.protocol.GearmanProtocol")
-    _count = 0
+    participant: Participant
 
     def __init__(self, server: JobServer) -> None:
         self.server = server
-        self._parser = wire.PacketParser(server.max_packet_size)
+        self._batch = server.output
+        self._parser = wire.PacketParser(server.settings.max_packet_size)
         self._out: list[bytes] = []
-        self.abilities: dict[bytes, FunctionQueue] = {}
-        self.ability_list: list[FunctionQueue] = []
-        self.timeouts: dict[bytes, float] = {}
-        self.next_function = 0
-        self.sleeping = False
-        self.jobs_done = 0
-        self.held: dict[bytes, Job] = {}
-        self.listening: dict[Job, None] = {}
-        self.exceptions = False
-        self.released: dict[bytes, None] = {}
-        self.client_id = b"-"
         self.closed = False
         self._closing = False
         self.paused = False
@@ -97,19 +75,17 @@ class GearmanProtocol(Protocol):
         #: bytes, and one-item lists for those replies (filled on commit).
         self._held: deque[bytes | list[bytes | None]] | None = None
         self._socket: socket.socket | None = None
-        GearmanProtocol._count += 1
-        self.number = GearmanProtocol._count
         self._peer: IAddress | None = None
         self.label: str | None = None
 
     def __repr__(self) -> str:
-        return f"<GearmanProtocol #{self.number} {self.describe()}>"
+        return f"<GearmanProtocol {self.describe()}>"
 
     # -- Twisted interfaces ---------------------------------------------
 
     def connectionMade(self) -> None:
         """
-        Register with the job server and as the transport's producer.
+        Join the job server, and register as the transport's producer.
         """
         transport = self.transport
         assert transport is not None
@@ -123,19 +99,19 @@ class GearmanProtocol(Protocol):
             except (AttributeError, OSError):
                 pass
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self._socket = _direct_socket(transport)
+        self._socket = _direct.direct_socket(transport)
         if self._socket is not None:
             # Read up to 256 KiB at a time (Twisted's default is 64 KiB): a
             # 64 KiB job arrives in one read, not two.
             transport.bufferSize = _READ_SIZE  # type: ignore[attr-defined]
-        self.server.new_client(self)
+        self.participant = self.server.new_client(self)
         self.log.debug("Connection from {peer}", peer=self.describe())
         if not self.server.ready:
             # Not before the store is replayed: its jobs must be queued first.
             transport.pauseProducing()  # type: ignore[attr-defined]
-            self.server.when_ready(self._server_ready)
+            self.server.when_ready().addCallbacks(self._server_ready, _ignore)
 
-    def _server_ready(self) -> None:
+    def _server_ready(self, _: object) -> None:
         if not self.closed and not self.paused and self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
@@ -143,8 +119,8 @@ class GearmanProtocol(Protocol):
         """
         Parse and handle every message C{data} completes.
         """
-        server = self.server
-        server.batch_depth += 1
+        batch = self._batch
+        batch.depth += 1
         try:
             parser = self._parser
             for ptype, body in parser.feed(data):
@@ -152,31 +128,27 @@ class GearmanProtocol(Protocol):
                     break
                 try:
                     _HANDLERS[ptype](self, body)
+                except GearmanError as e:
+                    self.send_error(e.code, e.text)
                 except Exception:
                     self._internal_error(ptype)
             if parser.error is not None and not self.closed:
                 self._framing_error(parser.error)
         finally:
-            server.batch_depth -= 1
-            if not server.batch_depth:
-                server.end_of_input()
+            batch.depth -= 1
+            if not batch.depth:
+                batch.hold_until_next_turn()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Tell the job server, which puts back the jobs this worker held.
+        Leave the job server, which puts back the jobs this worker held.
         """
         self.closed = True
         self._out = []
         self._held = None
         self.log.debug("Connection from {peer} closed", peer=self.describe())
-        server = self.server
-        server.batch_depth += 1
-        try:
-            server.note_disconnected_client(self)
-        finally:
-            server.batch_depth -= 1
-            if not server.batch_depth:
-                server.flush()
+        with self._batch:
+            self.server.note_disconnected_client(self.participant)
 
     def pauseProducing(self) -> None:
         """
@@ -199,17 +171,7 @@ class GearmanProtocol(Protocol):
         The transport is going away; L{connectionLost} does the rest.
         """
 
-    def remember_released(self, handle: bytes) -> None:
-        """
-        Drop, without an ERROR, results this worker still sends for a job
-        the server ended for it.
-        """
-        released = self.released
-        released[handle] = None
-        if len(released) > MAX_RELEASED:
-            del released[next(iter(released))]
-
-    # -- output ---------------------------------------------------------
+    # -- output (IPeer) -------------------------------------------------
 
     def send_packet(self, ptype: int, *args: bytes) -> None:
         """
@@ -229,39 +191,14 @@ class GearmanProtocol(Protocol):
         self._emit(data)
 
     def _emit(self, data: bytes) -> None:
-        server = self.server
-        if server.batch_depth:
+        batch = self._batch
+        if batch.depth:
             out = self._out
             if not out:
-                server.mark_dirty(self)
+                batch.mark_dirty(self)
             out.append(data)
         else:
-            self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        """
-        Write to the transport - straight to its socket when nothing is
-        buffered in it, saving Twisted's write-readiness round trip (two
-        epoll updates, a poll and a callback) per write.
-        """
-        transport: Any = self.transport
-        sock = self._socket
-        if (
-            sock is not None
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-            and not transport.disconnecting
-        ):
-            try:
-                sent = sock.send(data)
-            except OSError:
-                # Would block, or the connection is broken: the transport
-                # buffers the data, or finds out.
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+            _direct.write(self.transport, self._socket, data)
 
     def reply_when_committed(self, job: Job) -> None:
         """
@@ -284,6 +221,7 @@ class GearmanProtocol(Protocol):
                 )
             self._release_held()
 
+        assert job.commit_waiters is not None
         job.commit_waiters.append(committed)
 
     def _release_held(self) -> None:
@@ -317,7 +255,7 @@ class GearmanProtocol(Protocol):
         self._out = []
         if self.closed or self.transport is None:
             return
-        self._write(out[0] if len(out) == 1 else b"".join(out))
+        _direct.write(self.transport, self._socket, out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         """
@@ -330,14 +268,14 @@ class GearmanProtocol(Protocol):
         self.transport.unregisterProducer()  # type: ignore[attr-defined]
         self.transport.loseConnection()
 
-    # -- describing the peer --------------------------------------------
+    # -- describing the peer (IPeer) ------------------------------------
 
     def fileno(self) -> int:
         """
-        The connection's file descriptor, or its number when it has none.
+        The connection's file descriptor, or its participant's number when
+        it has none.
         """
-        transport = self.transport
-        getter = getattr(transport, "fileno", None)
+        getter = getattr(self.transport, "fileno", None)
         if getter is not None:
             try:
                 fd = getter()
@@ -345,7 +283,7 @@ class GearmanProtocol(Protocol):
                 fd = -1
             if isinstance(fd, int) and fd >= 0:
                 return fd
-        return self.number
+        return self.participant.number
 
     def peer_host(self) -> str:
         """
@@ -406,142 +344,8 @@ class GearmanProtocol(Protocol):
             self.send_error(error.code, error.text)
         self.close()
 
-    def _malformed(self, ptype: int, want: int) -> None:
-        self.send_error(
-            b"INVALID_ARGUMENT",
-            b"%s needs %d NUL-separated arguments" % (PacketType(ptype).name.encode("ascii"), want),
-        )
-
-    # -- handlers: workers ----------------------------------------------
-
-    def _h_can_do(self, body: bytes) -> None:
-        if not body:
-            self.send_error(b"INVALID_ARGUMENT", b"Function name is empty")
-            return
-        self.server.can_do(self, body)
-
-    def _h_can_do_timeout(self, body: bytes) -> None:
-        function, sep, value = body.partition(b"\0")
-        if not sep or not function:
-            self._malformed(PacketType.CAN_DO_TIMEOUT, 2)
-            return
-        try:
-            timeout = float(value) if value.strip() else 0.0
-        except ValueError:
-            self.send_error(b"INVALID_ARGUMENT", b"CAN_DO_TIMEOUT needs a number")
-            return
-        if timeout != timeout or timeout in (float("inf"), float("-inf")):
-            self.send_error(b"INVALID_ARGUMENT", b"CAN_DO_TIMEOUT needs a number")
-            return
-        server = self.server
-        if timeout <= 0:
-            seconds = None
-        elif server.timeout_unit == "milliseconds":
-            seconds = max(timeout / 1000.0, 1.0)
-        else:
-            seconds = timeout
-        server.can_do(self, function, seconds)
-
-    def _h_cant_do(self, body: bytes) -> None:
-        self.server.cant_do(self, body)
-
-    def _h_reset_abilities(self, body: bytes) -> None:
-        self.server.reset_abilities(self)
-
-    def _h_pre_sleep(self, body: bytes) -> None:
-        self.server.on_client_sleep(self)
-
-    def _h_grab_job(self, body: bytes) -> None:
-        job = self.server.grab_job(self)
-        if job is None:
-            self.send_raw(_NO_JOB_PACKET)
-        else:
-            self.send_packet(PacketType.JOB_ASSIGN, job.handle, job.queue.name, job.data)
-
-    def _h_grab_job_uniq(self, body: bytes) -> None:
-        job = self.server.grab_job(self)
-        if job is None:
-            self.send_raw(_NO_JOB_PACKET)
-        else:
-            self.send_packet(
-                PacketType.JOB_ASSIGN_UNIQ, job.handle, job.queue.name, job.unique, job.data
-            )
-
-    def _h_grab_job_all(self, body: bytes) -> None:
-        job = self.server.grab_job(self)
-        if job is None:
-            self.send_raw(_NO_JOB_PACKET)
-        elif job.reducer:
-            self.send_packet(
-                PacketType.JOB_ASSIGN_ALL,
-                job.handle,
-                job.queue.name,
-                job.unique,
-                job.reducer,
-                job.data,
-            )
-        else:
-            self.send_packet(
-                PacketType.JOB_ASSIGN_UNIQ, job.handle, job.queue.name, job.unique, job.data
-            )
-
-    def _h_work_status(self, body: bytes) -> None:
-        args = body.split(b"\0", 2)
-        if len(args) != 3:
-            self._malformed(PacketType.WORK_STATUS, 3)
-            return
-        try:
-            self.server.work_status(self, args[0], args[1], args[2])
-        except GearmanError as e:
-            self.send_error(e.code, e.text)
-
-    def _h_work_complete(self, body: bytes) -> None:
-        handle, _, data = body.partition(b"\0")
-        try:
-            self.server.work_complete(self, handle, data)
-        except GearmanError as e:
-            self.send_error(e.code, e.text)
-
-    def _h_work_fail(self, body: bytes) -> None:
-        try:
-            self.server.work_fail(self, body.rstrip(b"\0"))
-        except GearmanError as e:
-            self.send_error(e.code, e.text)
-
-    def _h_work_exception(self, body: bytes) -> None:
-        handle, _, data = body.partition(b"\0")
-        try:
-            self.server.work_exception(self, handle, data)
-        except GearmanError as e:
-            self.send_error(e.code, e.text)
-
-    def _h_work_data(self, body: bytes) -> None:
-        handle, _, data = body.partition(b"\0")
-        try:
-            self.server.work_data(self, PacketType.WORK_DATA, handle, data)
-        except GearmanError as e:
-            self.send_error(e.code, e.text)
-
-    def _h_work_warning(self, body: bytes) -> None:
-        handle, _, data = body.partition(b"\0")
-        try:
-            self.server.work_data(self, PacketType.WORK_WARNING, handle, data)
-        except GearmanError as e:
-            self.send_error(e.code, e.text)
-
-    def _h_set_client_id(self, body: bytes) -> None:
-        client_id = _WHITESPACE.sub(b"", body)[:_MAX_CLIENT_ID]
-        self.client_id = client_id or b"-"
-
-    def _h_all_yours(self, body: bytes) -> None:
-        # Never implemented by any server; it expects no answer.
-        pass
-
-    # -- handlers: clients ----------------------------------------------
-
     def _submit(
         self,
-        ptype: int,
         function: bytes,
         unique: bytes,
         data: bytes,
@@ -550,144 +354,266 @@ class GearmanProtocol(Protocol):
         reducer: bytes = b"",
         when: float | None = None,
     ) -> None:
-        try:
-            job = self.server.submit_job(
-                self, function, unique, data, priority, background, reducer, when
-            )
-        except GearmanError as e:
-            self.send_error(e.code, e.text)
-            return
+        job = self.server.submit_job(
+            self.participant, function, unique, data, priority, background, reducer, when
+        )
         if job.commit_waiters is None:
             self.send_packet(_JOB_CREATED, job.handle)
         else:
             self.reply_when_committed(job)
 
-    def _h_submit_job_epoch(self, body: bytes) -> None:
-        args = body.split(b"\0", 3)
-        if len(args) != 4:
-            self._malformed(PacketType.SUBMIT_JOB_EPOCH, 4)
-            return
-        try:
-            when: float | None = float(int(args[2]))
-        except (ValueError, OverflowError):
-            when = None
-        self._submit(
-            PacketType.SUBMIT_JOB_EPOCH, args[0], args[1], args[3], NORMAL, True, b"", when
-        )
 
-    def _h_get_status(self, body: bytes) -> None:
-        self.send_packet(PacketType.STATUS_RES, *self.server.get_status(body))
-
-    def _h_get_status_unique(self, body: bytes) -> None:
-        self.send_packet(PacketType.STATUS_RES_UNIQUE, *self.server.get_status_unique(body))
-
-    def _h_echo_req(self, body: bytes) -> None:
-        self.send_packet(PacketType.ECHO_RES, body)
-
-    def _h_option_req(self, body: bytes) -> None:
-        if body.lower() == b"exceptions":
-            self.exceptions = True
-            self.send_packet(PacketType.OPTION_RES, body)
-        else:
-            self.send_error(b"UNKNOWN_OPTION", b"Server does not recognize given option")
-
-    # -- other messages -------------------------------------------------
-
-    def _h_text(self, line: bytes) -> None:
-        admin.handle_line(self, line)
-
-    def _h_response_magic(self, body: bytes) -> None:
-        self.send_raw(_INVALID_MAGIC_PACKET)
-
-    def _h_not_expected(self, body: bytes) -> None:
-        self.send_raw(_NOT_EXPECTED_PACKET)
-
-
-def _direct_socket(transport: object) -> socket.socket | None:
+def _ignore(failure: Failure) -> None:
     """
-    The socket of a plain TCP or UNIX transport whose buffer we can check
-    (Twisted's C{tcp.Connection}), else L{None} (TLS, test transports).
+    The store failed to open: the server closes every connection itself.
     """
-    if not isinstance(transport, _tcp.Connection):
-        return None
-    if not all(hasattr(transport, a) for a in ("_tempDataLen", "offset", "dataBuffer")):
-        return None
-    sock = getattr(transport, "socket", None)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 def _text(failure: Failure) -> bytes:
     return failure.getErrorMessage().encode("utf-8", "replace")[:200]
 
 
-_NO_JOB_PACKET = _encode(_NO_JOB)
+def _malformed(ptype: int, want: int) -> GearmanError:
+    return GearmanError(
+        b"INVALID_ARGUMENT",
+        b"%s needs %d NUL-separated arguments" % (PacketType(ptype).name.encode("ascii"), want),
+    )
+
+
+def _args(ptype: int, body: bytes, count: int) -> list[bytes]:
+    """
+    The first C{count} NUL-separated fields of a body (the last one the
+    rest of it).
+
+    @raise GearmanError: C{INVALID_ARGUMENT} if there are fewer.
+    """
+    args = body.split(b"\0", count - 1)
+    if len(args) != count:
+        raise _malformed(ptype, count)
+    return args
+
+
+# -- handlers: each takes the protocol and the packet's body -------------
+
+_Handler = Callable[[GearmanProtocol, bytes], None]
+_P = PacketType
+_NO_JOB_PACKET = _encode(_P.NO_JOB)
 _INVALID_MAGIC_PACKET = _encode(_ERROR, b"INVALID_MAGIC", b"Request magic expected")
 _NOT_EXPECTED_PACKET = _encode(_ERROR, b"INVALID_COMMAND", b"Command not expected")
 
-_Handler = Callable[[GearmanProtocol, bytes], None]
+
+def _can_do(self: GearmanProtocol, body: bytes) -> None:
+    if not body:
+        raise GearmanError(b"INVALID_ARGUMENT", b"Function name is empty")
+    self.server.workers.can_do(self.participant, body)
+
+
+def _can_do_timeout(self: GearmanProtocol, body: bytes) -> None:
+    function, sep, value = body.partition(b"\0")
+    if not sep or not function:
+        raise _malformed(_P.CAN_DO_TIMEOUT, 2)
+    try:
+        timeout = float(value) if value.strip() else 0.0
+    except ValueError:
+        timeout = float("nan")
+    if timeout != timeout or timeout in (float("inf"), float("-inf")):
+        raise GearmanError(b"INVALID_ARGUMENT", b"CAN_DO_TIMEOUT needs a number")
+    self.server.workers.can_do_timeout(self.participant, function, timeout)
+
+
+def _cant_do(self: GearmanProtocol, body: bytes) -> None:
+    self.server.workers.cant_do(self.participant, body)
+
+
+def _reset_abilities(self: GearmanProtocol, body: bytes) -> None:
+    self.server.workers.reset_abilities(self.participant)
+
+
+def _pre_sleep(self: GearmanProtocol, body: bytes) -> None:
+    self.server.on_client_sleep(self.participant)
+
+
+#: How each grab is answered: JOB_ASSIGN, JOB_ASSIGN_UNIQ, or (GRAB_JOB_ALL)
+#: JOB_ASSIGN_ALL for a job with a reducer and JOB_ASSIGN_UNIQ otherwise.
+_ASSIGN: dict[int, Callable[[Job], bytes]] = {
+    _P.GRAB_JOB: lambda job: _encode(_P.JOB_ASSIGN, job.handle, job.queue.name, job.data),
+    _P.GRAB_JOB_UNIQ: lambda job: _encode(
+        _P.JOB_ASSIGN_UNIQ, job.handle, job.queue.name, job.unique, job.data
+    ),
+    _P.GRAB_JOB_ALL: lambda job: (
+        _encode(_P.JOB_ASSIGN_ALL, job.handle, job.queue.name, job.unique, job.reducer, job.data)
+        if job.reducer
+        else _encode(_P.JOB_ASSIGN_UNIQ, job.handle, job.queue.name, job.unique, job.data)
+    ),
+}
+
+
+def _grab_handler(assign: Callable[[Job], bytes]) -> _Handler:
+    def grab(self: GearmanProtocol, body: bytes) -> None:
+        job = self.server.grab_job(self.participant)
+        self.send_raw(_NO_JOB_PACKET if job is None else assign(job))
+
+    return grab
+
+
+def _work_status(self: GearmanProtocol, body: bytes) -> None:
+    handle, numerator, denominator = _args(_P.WORK_STATUS, body, 3)
+    self.server.work_status(self.participant, handle, numerator, denominator)
+
+
+def _work_complete(self: GearmanProtocol, body: bytes) -> None:
+    handle, _, data = body.partition(b"\0")
+    self.server.work_complete(self.participant, handle, data)
+
+
+def _work_fail(self: GearmanProtocol, body: bytes) -> None:
+    self.server.work_fail(self.participant, body.rstrip(b"\0"))
+
+
+def _work_exception(self: GearmanProtocol, body: bytes) -> None:
+    handle, _, data = body.partition(b"\0")
+    self.server.work_exception(self.participant, handle, data)
+
+
+def _work_data(self: GearmanProtocol, body: bytes) -> None:
+    handle, _, data = body.partition(b"\0")
+    self.server.work_data(self.participant, handle, data)
+
+
+def _work_warning(self: GearmanProtocol, body: bytes) -> None:
+    handle, _, data = body.partition(b"\0")
+    self.server.work_data(self.participant, handle, data, warning=True)
+
+
+def _set_client_id(self: GearmanProtocol, body: bytes) -> None:
+    client_id = _WHITESPACE.sub(b"", body)[:_MAX_CLIENT_ID]
+    self.participant.client_id = client_id or b"-"
+
+
+def _all_yours(self: GearmanProtocol, body: bytes) -> None:
+    # Never implemented by any server; it expects no answer.
+    pass
+
+
+#: The plain submissions: (priority, background).
+_SUBMIT_FORMS = {
+    _P.SUBMIT_JOB: (NORMAL, False),
+    _P.SUBMIT_JOB_BG: (NORMAL, True),
+    _P.SUBMIT_JOB_HIGH: (HIGH, False),
+    _P.SUBMIT_JOB_HIGH_BG: (HIGH, True),
+    _P.SUBMIT_JOB_LOW: (LOW, False),
+    _P.SUBMIT_JOB_LOW_BG: (LOW, True),
+}
 
 
 def _submit_handler(ptype: PacketType, priority: int, background: bool) -> _Handler:
-    def handle(self: GearmanProtocol, body: bytes) -> None:
+    def submit(self: GearmanProtocol, body: bytes) -> None:
         args = body.split(b"\0", 2)
         if len(args) != 3:
-            self._malformed(ptype, 3)
-            return
-        self._submit(ptype, args[0], args[1], args[2], priority, background)
+            raise _malformed(ptype, 3)
+        self._submit(args[0], args[1], args[2], priority, background)
 
-    return handle
+    return submit
 
 
 def _reduce_handler(ptype: PacketType, background: bool) -> _Handler:
-    def handle(self: GearmanProtocol, body: bytes) -> None:
-        args = body.split(b"\0", 4)
-        if len(args) != 5:
-            self._malformed(ptype, 5)
-            return
-        self._submit(ptype, args[0], args[1], args[4], NORMAL, background, args[2])
+    def submit(self: GearmanProtocol, body: bytes) -> None:
+        function, unique, reducer, _aggregator, data = _args(ptype, body, 5)
+        self._submit(function, unique, data, NORMAL, background, reducer)
 
-    return handle
+    return submit
 
 
-_P = PacketType
+def _submit_job_epoch(self: GearmanProtocol, body: bytes) -> None:
+    function, unique, epoch, data = _args(_P.SUBMIT_JOB_EPOCH, body, 4)
+    try:
+        when: float | None = float(int(epoch))
+    except (ValueError, OverflowError):
+        when = None
+    self._submit(function, unique, data, NORMAL, True, b"", when)
+
+
+def _get_status(self: GearmanProtocol, body: bytes) -> None:
+    job = self.server.job_by_handle(body)
+    if job is None:
+        self.send_packet(_P.STATUS_RES, body, b"0", b"0", b"0", b"0")
+    else:
+        running = b"1" if job.state is _RUNNING else b"0"
+        self.send_packet(_P.STATUS_RES, body, b"1", running, job.numerator, job.denominator)
+
+
+def _get_status_unique(self: GearmanProtocol, body: bytes) -> None:
+    job = self.server.table.of_any_unique(body)
+    if job is None:
+        self.send_packet(_P.STATUS_RES_UNIQUE, body, b"0", b"0", b"0", b"0", b"0")
+    else:
+        self.send_packet(
+            _P.STATUS_RES_UNIQUE,
+            body,
+            b"1",
+            b"1" if job.state is _RUNNING else b"0",
+            job.numerator,
+            job.denominator,
+            b"%d" % len(job.listeners),
+        )
+
+
+def _echo_req(self: GearmanProtocol, body: bytes) -> None:
+    self.send_packet(_P.ECHO_RES, body)
+
+
+def _option_req(self: GearmanProtocol, body: bytes) -> None:
+    if body.lower() != b"exceptions":
+        raise GearmanError(b"UNKNOWN_OPTION", b"Server does not recognize given option")
+    self.participant.exceptions = True
+    self.send_packet(_P.OPTION_RES, body)
+
+
+def _text_line(self: GearmanProtocol, line: bytes) -> None:
+    self.send_raw(admin.reply(self.server, self, line))
+
+
+def _response_magic(self: GearmanProtocol, body: bytes) -> None:
+    self.send_raw(_INVALID_MAGIC_PACKET)
+
+
+def _not_expected(self: GearmanProtocol, body: bytes) -> None:
+    self.send_raw(_NOT_EXPECTED_PACKET)
+
+
 #: Packet type (or pseudo type for text lines and response magic) to
-#: handler, built once.
+#: handler, built once: one dict lookup per message.
 _HANDLERS: dict[int, _Handler] = {
-    wire.TEXT_LINE: GearmanProtocol._h_text,
-    wire.RESPONSE_PACKET: GearmanProtocol._h_response_magic,
-    _P.CAN_DO: GearmanProtocol._h_can_do,
-    _P.CANT_DO: GearmanProtocol._h_cant_do,
-    _P.RESET_ABILITIES: GearmanProtocol._h_reset_abilities,
-    _P.PRE_SLEEP: GearmanProtocol._h_pre_sleep,
-    _P.SUBMIT_JOB: _submit_handler(_P.SUBMIT_JOB, NORMAL, False),
-    _P.GRAB_JOB: GearmanProtocol._h_grab_job,
-    _P.WORK_STATUS: GearmanProtocol._h_work_status,
-    _P.WORK_COMPLETE: GearmanProtocol._h_work_complete,
-    _P.WORK_FAIL: GearmanProtocol._h_work_fail,
-    _P.GET_STATUS: GearmanProtocol._h_get_status,
-    _P.ECHO_REQ: GearmanProtocol._h_echo_req,
-    _P.SUBMIT_JOB_BG: _submit_handler(_P.SUBMIT_JOB_BG, NORMAL, True),
-    _P.SUBMIT_JOB_HIGH: _submit_handler(_P.SUBMIT_JOB_HIGH, HIGH, False),
-    _P.SET_CLIENT_ID: GearmanProtocol._h_set_client_id,
-    _P.CAN_DO_TIMEOUT: GearmanProtocol._h_can_do_timeout,
-    _P.ALL_YOURS: GearmanProtocol._h_all_yours,
-    _P.WORK_EXCEPTION: GearmanProtocol._h_work_exception,
-    _P.OPTION_REQ: GearmanProtocol._h_option_req,
-    _P.WORK_DATA: GearmanProtocol._h_work_data,
-    _P.WORK_WARNING: GearmanProtocol._h_work_warning,
-    _P.GRAB_JOB_UNIQ: GearmanProtocol._h_grab_job_uniq,
-    _P.SUBMIT_JOB_HIGH_BG: _submit_handler(_P.SUBMIT_JOB_HIGH_BG, HIGH, True),
-    _P.SUBMIT_JOB_LOW: _submit_handler(_P.SUBMIT_JOB_LOW, LOW, False),
-    _P.SUBMIT_JOB_LOW_BG: _submit_handler(_P.SUBMIT_JOB_LOW_BG, LOW, True),
-    _P.SUBMIT_JOB_EPOCH: GearmanProtocol._h_submit_job_epoch,
+    wire.TEXT_LINE: _text_line,
+    wire.RESPONSE_PACKET: _response_magic,
+    _P.CAN_DO: _can_do,
+    _P.CANT_DO: _cant_do,
+    _P.RESET_ABILITIES: _reset_abilities,
+    _P.PRE_SLEEP: _pre_sleep,
+    _P.WORK_STATUS: _work_status,
+    _P.WORK_COMPLETE: _work_complete,
+    _P.WORK_FAIL: _work_fail,
+    _P.GET_STATUS: _get_status,
+    _P.ECHO_REQ: _echo_req,
+    _P.SET_CLIENT_ID: _set_client_id,
+    _P.CAN_DO_TIMEOUT: _can_do_timeout,
+    _P.ALL_YOURS: _all_yours,
+    _P.WORK_EXCEPTION: _work_exception,
+    _P.OPTION_REQ: _option_req,
+    _P.WORK_DATA: _work_data,
+    _P.WORK_WARNING: _work_warning,
+    _P.SUBMIT_JOB_EPOCH: _submit_job_epoch,
     _P.SUBMIT_REDUCE_JOB: _reduce_handler(_P.SUBMIT_REDUCE_JOB, False),
     _P.SUBMIT_REDUCE_JOB_BACKGROUND: _reduce_handler(_P.SUBMIT_REDUCE_JOB_BACKGROUND, True),
-    _P.GRAB_JOB_ALL: GearmanProtocol._h_grab_job_all,
-    _P.GET_STATUS_UNIQUE: GearmanProtocol._h_get_status_unique,
+    _P.GET_STATUS_UNIQUE: _get_status_unique,
 }
-for _ptype in _P:
-    if _ptype not in wire.REQUEST_TYPES:
-        _HANDLERS[_ptype] = GearmanProtocol._h_not_expected
+for _ptype, (_priority, _background) in _SUBMIT_FORMS.items():
+    _HANDLERS[_ptype] = _submit_handler(_ptype, _priority, _background)
+for _grab, _assign in _ASSIGN.items():
+    _HANDLERS[_grab] = _grab_handler(_assign)
+for _type in _P:
+    if _type not in wire.REQUEST_TYPES:
+        _HANDLERS[_type] = _not_expected
 # Keys as plain ints: the parser yields ints.
 _HANDLERS = {int(k): v for k, v in _HANDLERS.items()}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import re
-import socket
 from typing import Any
 
 from twisted.application import strports
@@ -17,7 +16,8 @@ from twisted.python import usage
 
 from txgearmand import _log, store
 from txgearmand.protocol import GearmanServerFactory
-from txgearmand.server import ADMIN_SHUTDOWN_POLICIES, JobServer
+from txgearmand.server import JobServer
+from txgearmand.settings import ADMIN_SHUTDOWN_POLICIES, Settings, SettingsError
 
 __all__ = ["GearmandService", "Options", "makeService"]
 
@@ -179,39 +179,38 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Fill defaults and check values.
+        Fill defaults and build the L{Settings} (C{self["settings"]}): every
+        value is checked there, and a bad one is reported by its option.
         """
         if not self["ports"]:
             self["ports"].append("tcp:4730")
-        if self["wakeup"] < -1:
-            raise usage.UsageError("--wakeup must be -1 (all), 0 (none) or a positive count")
-        delay = self["wakeup-delay"]
-        if delay < 0 and delay != -1:
-            raise usage.UsageError("--wakeup-delay must be -1 (never) or seconds >= 0")
-        if self["job-retries"] < 0:
-            raise usage.UsageError("--job-retries must be 0 (unlimited) or more")
         try:
-            self["max-packet-size"] = parse_size(str(self["max-packet-size"]))
+            size = parse_size(str(self["max-packet-size"]))
         except ValueError as e:
             raise usage.UsageError(f"--max-packet-size: {e}") from None
-        if self["max-packet-size"] < 1:
-            raise usage.UsageError("--max-packet-size must be positive")
-        unit = _TIMEOUT_UNITS.get(str(self["timeout-unit"]).lower())
-        if unit is None:
-            raise usage.UsageError("--timeout-unit must be milliseconds or seconds")
-        self["timeout-unit"] = unit
-        if self["admin-shutdown"] not in ADMIN_SHUTDOWN_POLICIES:
-            raise usage.UsageError("--admin-shutdown must be never, local or any")
-        level = str(self["verbose"]).upper()
-        if level not in _log.LEVELS:
-            raise usage.UsageError("--verbose must be one of " + ", ".join(_log.LEVELS))
-        self["verbose"] = level
+        unit = _TIMEOUT_UNITS.get(str(self["timeout-unit"]).lower(), self["timeout-unit"])
         prefix = self["job-handle-prefix"]
-        if prefix is None:
-            prefix = "H:" + socket.gethostname()
-        if not prefix or len(prefix.encode("utf-8")) > 52:
-            raise usage.UsageError("--job-handle-prefix must be 1 to 52 bytes")
-        self["job-handle-prefix"] = prefix
+        try:
+            self["settings"] = Settings(
+                wakeup=self["wakeup"],
+                wakeup_delay=self["wakeup-delay"],
+                job_retries=self["job-retries"],
+                job_handle_prefix=None if prefix is None else prefix.encode("utf-8"),
+                max_packet_size=size,
+                max_queue=self["max-queue"],
+                exceptions=bool(self["exceptions"]),
+                timeout_unit=unit,
+                admin_shutdown=self["admin-shutdown"],
+                verbose=str(self["verbose"]),
+            )
+        except SettingsError as e:
+            option = "--" + e.setting.replace("_", "-")
+            raise usage.UsageError(f"{option} {e.reason}") from None
+        settings = self["settings"]
+        self["max-packet-size"] = settings.max_packet_size
+        self["timeout-unit"] = settings.timeout_unit
+        self["verbose"] = settings.verbose
+        self["job-handle-prefix"] = settings.job_handle_prefix.decode("utf-8")
         try:
             store._kind(self["queue"])
         except ValueError as e:
@@ -281,7 +280,8 @@ def makeService(options: Options, reactor: Any = None) -> GearmandService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    _log.set_level(options["verbose"])
+    settings: Settings = options["settings"]
+    _log.set_level(settings.verbose)
     # A job server holds many long-lived objects (jobs); with the default
     # thresholds the cyclic collector walks them so often that it halves
     # throughput.  Jobs rarely form cycles: collect young objects less often.
@@ -296,20 +296,7 @@ def makeService(options: Options, reactor: Any = None) -> GearmandService:
         raise SystemExit(
             f"txgearmand: cannot open the job store {options['queue']!r}: {e}"
         ) from None
-    job_server = JobServer(
-        reactor,
-        wakeup=options["wakeup"],
-        wakeup_delay=options["wakeup-delay"],
-        job_retries=options["job-retries"],
-        job_handle_prefix=options["job-handle-prefix"].encode("utf-8"),
-        max_packet_size=options["max-packet-size"],
-        max_queue=options["max-queue"],
-        exceptions=bool(options["exceptions"]),
-        timeout_unit=options["timeout-unit"],
-        admin_shutdown=options["admin-shutdown"],
-        verbose=options["verbose"],
-        store=store.store_from_url(reactor, options["queue"]),
-    )
+    job_server = JobServer(reactor, settings, store=store.store_from_url(reactor, options["queue"]))
     top = GearmandService(job_server)
     job_server.setServiceParent(top)
     factory = GearmanServerFactory(job_server)

@@ -29,10 +29,13 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import implementer
 
+from txgearmand.interfaces import IPeer
 from txgearmand.protocol import GearmanProtocol
+from txgearmand.records import Participant
 from txgearmand.server import JobServer
+from txgearmand.wire import PacketType
 
-__all__ = ["MemoryGearmanServer"]
+__all__ = ["MemoryGearmanServer", "RecordingPeer"]
 
 
 class MemoryGearmanServer:
@@ -49,9 +52,6 @@ class MemoryGearmanServer:
         """
         self.clock = clock if clock is not None else Clock()
         options.setdefault("job_handle_prefix", b"H:memory")
-        # Replies at the end of each read, not of a reactor turn: nothing
-        # waits for the clock to move.
-        options.setdefault("coalesce_writes", False)
         self.job_server = JobServer(self.clock, **options)
         self.job_server.startService()
         self._pumps: list[iosim.IOPump] = []
@@ -88,6 +88,8 @@ class MemoryGearmanServer:
         """
         moved = False
         for _ in range(10000):
+            # The end of a reactor turn: the server writes what it batched.
+            self.clock.advance(0)
             round_moved = False
             for pump in list(self._pumps):
                 if pump.flush():
@@ -123,3 +125,61 @@ class _MemoryEndpoint:
         except ConnectionRefusedError:
             return fail()
         return succeed(protocol)
+
+
+@implementer(IPeer)
+class RecordingPeer:
+    """
+    An L{IPeer} that records the packets the job server tells it to send:
+    drive a L{JobServer} with it to test the model without a connection.
+
+        server = JobServer(Clock())
+        server.startService()
+        client = RecordingPeer.join(server)
+        server.submit_job(client.participant, b"f", b"", b"x")
+
+    @ivar packets: what it was sent, as C{(PacketType, args)} pairs.
+    @ivar participant: its L{Participant}, once it joined.
+    @ivar closed: the server closed it.
+    """
+
+    def __init__(self, name: str = "recording", local: bool = True) -> None:
+        self.name = name
+        self.local = local
+        self.packets: list[tuple[PacketType, tuple[bytes, ...]]] = []
+        self.closed = False
+        self.participant: Participant | None = None
+
+    @classmethod
+    def join(cls, server: JobServer, name: str = "recording") -> RecordingPeer:
+        """
+        A new peer, joined to C{server} as a participant.
+        """
+        peer = cls(name)
+        peer.participant = server.new_client(peer)
+        return peer
+
+    def take(self) -> list[tuple[PacketType, tuple[bytes, ...]]]:
+        """
+        The packets sent since last asked.
+        """
+        packets, self.packets = self.packets, []
+        return packets
+
+    def send_packet(self, ptype: int, *args: bytes) -> None:
+        self.packets.append((PacketType(ptype), args))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def describe(self) -> str:
+        return self.name
+
+    def peer_host(self) -> str:
+        return self.name
+
+    def fileno(self) -> int:
+        return self.participant.number if self.participant is not None else -1
+
+    def is_local(self) -> bool:
+        return self.local

@@ -27,8 +27,10 @@ __all__ = [
     "REQUEST_TYPES",
     "RESPONSE_MAGIC",
     "TEXT_LINE",
+    "GearmanError",
     "PacketParser",
     "PacketType",
+    "Priority",
     "WireError",
     "encode",
     "encode_request",
@@ -83,6 +85,29 @@ class PacketType(IntEnum):
     JOB_ASSIGN_ALL = 40
     GET_STATUS_UNIQUE = 41
     STATUS_RES_UNIQUE = 42
+
+
+class Priority(IntEnum):
+    """
+    A job's priority: what a worker is handed first.  The values index a
+    function's queues, highest first.
+    """
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+
+class GearmanError(Exception):
+    """
+    A request the server refuses, or a server's refusal as a client reads
+    it: an ERROR packet's code and text.
+    """
+
+    def __init__(self, code: bytes, text: bytes) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
 
 
 #: For each type, how many NUL-separated arguments its body has and whether

@@ -10,7 +10,7 @@ import hashlib
 
 from twisted.internet import task
 
-from txgearmand.client import GearmanWorker, WorkerJob
+from txgearmand.worker import GearmanWorker, WorkerJob
 
 
 def sha256(job: WorkerJob) -> str:

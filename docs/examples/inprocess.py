@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from twisted.internet import defer, task
 
-from txgearmand.client import GearmanClient, GearmanWorker, WorkerJob
+from txgearmand.client import GearmanClient
 from txgearmand.inprocess import InProcessEndpoint
 from txgearmand.server import JobServer
+from txgearmand.worker import GearmanWorker, WorkerJob
 
 
 def word_count(job: WorkerJob) -> bytes:

@@ -21,8 +21,9 @@ from twisted.internet import defer, endpoints, task
 from twisted.web import resource, server
 
 from txgearmand import GearmanServerFactory, JobServer
-from txgearmand.client import GearmanClient, GearmanWorker
+from txgearmand.client import GearmanClient
 from txgearmand.inprocess import InProcessEndpoint
+from txgearmand.worker import GearmanWorker
 
 
 class Reverse(resource.Resource):

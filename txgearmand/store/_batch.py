@@ -1,7 +1,8 @@
 # -*- test-case-name: txgearmand.test.test_store -*-
 """
-Group commit: the writes of one reactor turn, or of the time the previous
-transaction took, go to the database in one transaction.
+Group commit: each write (the job server's writes of one reactor turn)
+starts a transaction at once if none runs; the writes that arrive while one
+runs go to the database together, in the next.
 """
 
 from __future__ import annotations
@@ -29,39 +30,36 @@ class BatchWriter:
     to C{commit} (which runs the transaction, off the reactor thread, and
     returns a Deferred).
 
-    A batch starts on the next reactor turn after the first write; while a
-    transaction runs, later writes wait and form the next batch, so the
-    busier the server, the bigger the batches.  A job added and removed in
-    the same batch is never written.  The Deferred of each write fires once
-    its batch is committed, or fails with the transaction's error.
+    A write starts a transaction at once when none runs (the job server
+    already gathers a reactor turn's writes into one call); while one runs,
+    later writes wait and form the next batch, so the busier the server,
+    the bigger the batches.  A job added and removed in the same batch is
+    never written.  The Deferred of each write fires once its batch is
+    committed, or fails with the transaction's error.
     """
 
-    def __init__(self, reactor: Any, commit: Callable[[Batch], Deferred[None]]) -> None:
-        self._reactor = reactor
+    def __init__(self, commit: Callable[[Batch], Deferred[None]]) -> None:
         self._commit = commit
         self._adds: dict[int, StoredJob] = {}
         self._removes: list[int] = []
         self._waiters: list[Deferred[None]] = []
-        self._scheduled = False
         self._running = False
         self._idle: list[Deferred[None]] = []
 
-    def add(self, job: StoredJob) -> Deferred[None]:
-        self._adds[job.id] = job
-        return self._wait()
-
-    def remove(self, job_id: int) -> Deferred[None]:
-        if self._adds.pop(job_id, None) is None:
-            self._removes.append(job_id)
-        return self._wait()
-
     def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        """
+        Store jobs; fires once they are committed.
+        """
         adds = self._adds
         for job in jobs:
             adds[job.id] = job
         return self._wait()
 
     def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
+        """
+        Forget jobs (one added in the same batch is never written); fires
+        once the removals are committed.
+        """
         adds = self._adds
         removes = self._removes
         for job_id in job_ids:
@@ -72,9 +70,8 @@ class BatchWriter:
     def _wait(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
-        if not self._scheduled and not self._running:
-            self._scheduled = True
-            self._reactor.callLater(0, self._flush)
+        if not self._running:
+            self._flush()
         return d
 
     def pending(self) -> bool:
@@ -84,7 +81,6 @@ class BatchWriter:
         return bool(self._waiters) or self._running
 
     def _flush(self) -> None:
-        self._scheduled = False
         if self._running or not self._waiters:
             return
         adds, self._adds = self._adds, {}
@@ -121,9 +117,6 @@ class BatchWriter:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle.append(d)
-        if self._scheduled:
-            self._scheduled = False
-            self._flush()
         return d
 
 
@@ -137,7 +130,7 @@ class ThreadedStore:
     def __init__(self, reactor: Any, thread_name: str) -> None:
         self._reactor = reactor
         self._pool = ThreadPool(1, 1, name=thread_name)
-        self._writer = BatchWriter(reactor, self._commit)
+        self._writer = BatchWriter(self._commit)
 
     def _run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -154,12 +147,6 @@ class ThreadedStore:
             return failure
 
         return self._run(f).addCallbacks(lambda _: None, failed)
-
-    def add(self, job: StoredJob) -> Deferred[None]:
-        return self._writer.add(job)
-
-    def remove(self, job_id: int) -> Deferred[None]:
-        return self._writer.remove(job_id)
 
     def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
         return self._writer.add_many(jobs)

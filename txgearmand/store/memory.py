@@ -33,22 +33,14 @@ class MemoryStore:
     def load(self) -> Deferred[list[StoredJob]]:
         return succeed([self.jobs[k] for k in sorted(self.jobs)])
 
-    def add(self, job: StoredJob) -> Deferred[None]:
-        self.jobs[job.id] = job
-        return succeed(None)
-
-    def remove(self, job_id: int) -> Deferred[None]:
-        self.jobs.pop(job_id, None)
-        return succeed(None)
-
     def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
         for job in jobs:
-            self.add(job)
+            self.jobs[job.id] = job
         return succeed(None)
 
     def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
         for job_id in job_ids:
-            self.remove(job_id)
+            self.jobs.pop(job_id, None)
         return succeed(None)
 
     def close(self) -> Deferred[None]:

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand import wire
 from txgearmand.protocol import GearmanProtocol
+from txgearmand.records import Participant
 from txgearmand.server import JobServer
 from txgearmand.wire import PacketType
 
@@ -62,22 +63,40 @@ class FakeConnection:
     def __init__(self, server: JobServer, peer: IAddress | None = None) -> None:
         if peer is None:
             peer = IPv4Address("TCP", "127.0.0.1", next(_ports))
+        self.server = server
         self.transport = CountingTransport(peerAddress=peer)
         self.protocol = GearmanProtocol(server)
         self.transport.protocol = self.protocol
         self.protocol.makeConnection(self.transport)
 
+    @property
+    def participant(self) -> Participant:
+        """
+        What the job server keeps for this connection.
+        """
+        return self.protocol.participant
+
+    def end_turn(self) -> None:
+        """
+        End the reactor turn (on the server's fake clock): the server writes
+        what it answered in the turn.
+        """
+        clock = self.server.reactor
+        if isinstance(clock, Clock):
+            clock.advance(0)
+
     def send(self, ptype: int, *args: bytes) -> None:
         """
-        Send one request packet.
+        Send one request packet, as one read, and end the turn.
         """
-        self.protocol.dataReceived(wire.encode_request(ptype, *args))
+        self.send_bytes(wire.encode_request(ptype, *args))
 
     def send_bytes(self, data: bytes) -> None:
         """
-        Send raw bytes.
+        Send raw bytes, as one read, and end the turn.
         """
         self.protocol.dataReceived(data)
+        self.end_turn()
 
     def packets(self) -> list[Packet]:
         """
@@ -100,7 +119,7 @@ class FakeConnection:
         Send an admin command line; return the reply.
         """
         self.text()
-        self.protocol.dataReceived(line + b"\r\n")
+        self.send_bytes(line + b"\r\n")
         return self.text()
 
     def can_do(self, *functions: bytes) -> FakeConnection:
@@ -163,7 +182,6 @@ class ServerTestMixin:
         """
         self.clock = Clock()
         kwargs.setdefault("job_handle_prefix", b"H:test")
-        kwargs.setdefault("coalesce_writes", False)
         self.server = JobServer(self.clock, **kwargs)
         self.server.startService()
         return self.server

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand import __version__
@@ -286,14 +287,14 @@ class ShutdownTests(ServerTestMixin, SynchronousTestCase):
         """
         With C{admin_shutdown="any"}, remote connections may.
         """
-        self.server.admin_shutdown = "any"
+        self.server.settings = attrs.evolve(self.server.settings, admin_shutdown="any")
         self.assertEqual(self.connect(REMOTE).admin(b"shutdown"), b"OK\n")
 
     def test_never(self) -> None:
         """
         With C{admin_shutdown="never"} the command is unknown, as in C.
         """
-        self.server.admin_shutdown = "never"
+        self.server.settings = attrs.evolve(self.server.settings, admin_shutdown="never")
         self.assertEqual(
             self.connect().admin(b"shutdown"),
             b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n",

@@ -11,20 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
 
+from txgearmand import wire
 from txgearmand.client import (
+    HIGH,
     LOW,
     GearmanClient,
-    GearmanWorker,
     JobException,
+    JobFailed,
     JobStatus,
-    WorkerJob,
+    NoServerAvailable,
 )
 from txgearmand.test import _process
 from txgearmand.test.test_inprocess import eventually
+from txgearmand.wire import PacketType, Priority
+from txgearmand.worker import GearmanWorker, WorkerJob
 
 reactor: Any = _reactor
 
@@ -178,12 +188,13 @@ class NoGlobalReactorTests(TestCase):
 
     def test_import(self) -> None:
         """
-        C{import txgearmand.client} (and the in-process and testing modules)
-        leaves C{twisted.internet.reactor} unimported.
+        C{import txgearmand.client} (and the worker, endpoints, in-process
+        and testing modules) leaves C{twisted.internet.reactor} unimported.
         """
         code = (
             "import sys\n"
-            "import txgearmand.client, txgearmand.inprocess, txgearmand.testing\n"
+            "import txgearmand.client, txgearmand.worker, txgearmand.endpoints\n"
+            "import txgearmand.inprocess, txgearmand.testing\n"
             "print('twisted.internet.reactor' in sys.modules)\n"
         )
         out = subprocess.run(
@@ -194,3 +205,145 @@ class NoGlobalReactorTests(TestCase):
             check=True,
         ).stdout
         self.assertEqual(out.strip(), b"False")
+
+
+@implementer(IStreamClientEndpoint)
+class _RecordingEndpoint:
+    """
+    Connects each protocol to a L{StringTransport}, to read what it sends.
+    """
+
+    def __init__(self) -> None:
+        self.connected: list[tuple[IProtocol, StringTransport]] = []
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        protocol = protocolFactory.buildProtocol(None)  # type: ignore[arg-type]
+        assert protocol is not None
+        transport = StringTransport()
+        self.connected.append((protocol, transport))
+        protocol.makeConnection(transport)
+        return succeed(protocol)
+
+
+@implementer(IStreamClientEndpoint)
+class _RefusingEndpoint:
+    """
+    Never connects.
+    """
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        return fail(ConnectionRefusedError())
+
+
+class GetStatusTests(SynchronousTestCase):
+    """
+    L{GearmanClient.get_status} with several servers asks each in turn.
+    """
+
+    def setUp(self) -> None:
+        self.up = [_RecordingEndpoint(), _RecordingEndpoint()]
+        endpoints: list[Any] = [self.up[0], _RefusingEndpoint(), self.up[1]]
+        self.clock = Clock()
+        self.client = GearmanClient(
+            endpoints, self.clock, exceptions=False, retry_policy=lambda attempt: 1.0
+        )
+        self.addCleanup(self.client.stopService)
+
+    def answer(self, index: int, known: bytes, running: bytes = b"0") -> None:
+        """
+        The C{index}th server that is up answers GET_STATUS for C{b"H:1"}
+        (after the server that is down fails its next attempt, which the
+        client waits for).
+        """
+        if index == 1:
+            self.clock.advance(1)
+        [(protocol, transport)] = self.up[index].connected
+        [packet] = wire.PacketParser().feed(transport.value())
+        self.assertEqual(packet, (PacketType.GET_STATUS, b"H:1"))
+        protocol.dataReceived(
+            wire.encode(PacketType.STATUS_RES, b"H:1", known, running, b"1", b"2")
+        )
+
+    def test_first_that_knows(self) -> None:
+        """
+        The first server that knows the job answers; refusing servers and
+        those that do not know it are passed over.
+        """
+        d = self.client.get_status(b"H:1")
+        self.answer(0, b"0")
+        self.assertNoResult(d)
+        self.answer(1, b"1", b"1")
+        self.assertEqual(self.successResultOf(d), JobStatus(b"H:1", True, True, 1, 2))
+
+    def test_none_knows(self) -> None:
+        """
+        When no server knows the job, the last answer (unknown) is given.
+        """
+        d = self.client.get_status("H:1")
+        self.answer(0, b"0")
+        self.answer(1, b"0")
+        self.assertEqual(self.successResultOf(d), JobStatus(b"H:1", False, False, 1, 2))
+
+    def test_none_reachable(self) -> None:
+        """
+        When no server answers, L{NoServerAvailable}.
+        """
+        client = GearmanClient(
+            [_RefusingEndpoint(), _RefusingEndpoint()],
+            self.clock,
+            retry_policy=lambda attempt: 1.0,
+        )
+        self.addCleanup(client.stopService)
+        d = client.get_status(b"H:1")
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.failureResultOf(d, NoServerAvailable)
+
+
+class PriorityTests(SynchronousTestCase):
+    """
+    L{GearmanClient.submit}'s C{priority}: a L{Priority}, or its name.
+    """
+
+    def sent(self, priority: Priority | str, background: bool = False) -> tuple[int, bytes]:
+        """
+        Submit a job with this priority; return the packet that was sent.
+        """
+        endpoint = _RecordingEndpoint()
+        client = GearmanClient(endpoint, Clock(), exceptions=False)
+        d = client.submit("f", b"x", priority=priority, background=background)
+        [(protocol, transport)] = endpoint.connected
+        client.close()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, JobFailed)
+        [packet] = wire.PacketParser().feed(transport.value())
+        return packet
+
+    def test_priority_or_name(self) -> None:
+        """
+        L{Priority.HIGH} (which is C{client.HIGH}) and C{"high"}, in any
+        case, send the same packet; so do the other priorities.
+        """
+        self.assertIs(HIGH, Priority.HIGH)
+        self.assertIs(LOW, Priority.LOW)
+        high = (PacketType.SUBMIT_JOB_HIGH, b"f\0\0x")
+        self.assertEqual(self.sent(Priority.HIGH), high)
+        self.assertEqual(self.sent("high"), high)
+        self.assertEqual(self.sent("High"), high)
+        self.assertEqual(self.sent("normal"), self.sent(Priority.NORMAL))
+        self.assertEqual(self.sent(Priority.NORMAL)[0], PacketType.SUBMIT_JOB)
+        self.assertEqual(self.sent("LOW", True), self.sent(Priority.LOW, True))
+        self.assertEqual(self.sent(Priority.LOW, True)[0], PacketType.SUBMIT_JOB_LOW_BG)
+        self.assertEqual(self.sent("high", True)[0], PacketType.SUBMIT_JOB_HIGH_BG)
+
+    def test_bad_priority(self) -> None:
+        """
+        Any other priority fails with C{ValueError}, and nothing is sent.
+        """
+        endpoint = _RecordingEndpoint()
+        client = GearmanClient(endpoint, Clock(), exceptions=False)
+        bad: list[Any] = ["urgent", "", 0, 1, None, b"high"]
+        for priority in bad:
+            failure = self.failureResultOf(client.submit("f", priority=priority), ValueError)
+            self.assertIn(repr(priority), str(failure.value))
+        self.assertEqual(endpoint.connected, [])

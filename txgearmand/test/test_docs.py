@@ -92,4 +92,4 @@ class ReadmeTests(TestCase):
         children = list(top)
         self.assertIsInstance(children[0], JobServer)
         self.assertIsInstance(children[1], StreamServerEndpointService)
-        self.assertEqual(children[0].wakeup, 1)
+        self.assertEqual(children[0].settings.wakeup, 1)

@@ -45,9 +45,9 @@ class ManualStore(MemoryStore):
         self.batches.append((list(jobs), d))
         return d
 
-    def remove(self, job_id: int) -> Deferred[None]:
-        self.removed.append(job_id)
-        return super().remove(job_id)
+    def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
+        self.removed.extend(job_ids)
+        return super().remove_many(job_ids)
 
     def commit(self) -> None:
         batches, self.batches = self.batches, []
@@ -68,7 +68,6 @@ class DurabilityTestMixin:
         if store is not None:
             self.store = store
         kwargs.setdefault("job_handle_prefix", b"H:d")
-        kwargs.setdefault("coalesce_writes", False)
         self.server = JobServer(self.clock, store=self.store, **kwargs)  # type: ignore[arg-type]
         self.server.startService()
         return self.server
@@ -339,7 +338,7 @@ class ReplayTests(DurabilityTestMixin, SynchronousTestCase):
         """
         self.fill()
         self.start(max_queue={b"f": 2})
-        self.assertEqual(self.server.get_function(b"f").total(), 4)  # type: ignore[union-attr]
+        self.assertEqual(self.server.registry.get(b"f").total(), 4)  # type: ignore[union-attr]
         client = self.connect()
         client.send(P.SUBMIT_JOB, b"f", b"", b"")
         self.assertEqual(client.packets()[0][1][0], b"QUEUE_ERROR")

@@ -23,12 +23,15 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from txgearmand.client import GearmanClient, GearmanWorker, WorkerJob
+from txgearmand._direct import direct_socket
+from txgearmand.client import GearmanClient
 from txgearmand.inprocess import InProcessEndpoint, start_worker
+from txgearmand.protocol import GearmanProtocol
 from txgearmand.server import JobServer
 from txgearmand.test import _process
 from txgearmand.wire import PacketType as P
 from txgearmand.wire import encode_request
+from txgearmand.worker import GearmanWorker, WorkerJob
 
 reactor: Any = _reactor
 
@@ -47,6 +50,13 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> No
 
 def _forbidden(*args: object, **kwargs: object) -> None:
     raise AssertionError("an in-process test opened a port or a network connection")
+
+
+def protocols(server: JobServer) -> list[GearmanProtocol]:
+    """
+    The connections of a job server's participants.
+    """
+    return [cast(GearmanProtocol, p.peer) for p in server.clients()]
 
 
 class InProcessTestMixin:
@@ -99,8 +109,8 @@ class InProcessEndpointTests(InProcessTestMixin, TestCase):
         client = self.client()
         self.assertEqual(await client.submit("reverse", b"in process"), b"ssecorp ni")
         (worker_conn,) = [c for c in self.server.clients() if c.abilities]
-        self.assertEqual(worker_conn.peer_host(), "in-process")
-        self.assertTrue(worker_conn.is_local())
+        self.assertEqual(worker_conn.peer.peer_host(), "in-process")
+        self.assertTrue(worker_conn.peer.is_local())
 
     async def test_client_close_reaches_server(self) -> None:
         """
@@ -124,7 +134,7 @@ class InProcessEndpointTests(InProcessTestMixin, TestCase):
 
         await self.endpoint.connect(_factory(Watcher))
         await eventually(lambda: len(self.server.clients()) == 1)
-        self.server.clients()[0].close()
+        self.server.clients()[0].peer.close()
         from twisted.internet.error import ConnectionDone
 
         self.assertIs(await lost, ConnectionDone)
@@ -191,10 +201,10 @@ class InProcessEndpointTests(InProcessTestMixin, TestCase):
         lazy = cast(Lazy, await self.endpoint.connect(_factory(Lazy)))
         assert lazy.transport is not None
         lazy.transport.write(encode_request(P.SUBMIT_JOB, b"flood", b"", b""))
-        await eventually(lambda: any(c.paused for c in self.server.clients()))
+        await eventually(lambda: any(c.paused for c in protocols(self.server)))
         lazy.transport.resumeProducing()  # type: ignore[attr-defined]
         await eventually(lambda: lazy.received >= chunks * (len(chunk) + 12))
-        await eventually(lambda: not any(c.paused for c in self.server.clients()))
+        await eventually(lambda: not any(c.paused for c in protocols(self.server)))
         lazy.transport.loseConnection()
 
 
@@ -218,10 +228,11 @@ class DirectWriteTests(InProcessTestMixin, TestCase):
 
         client = cast(Collect, await self.endpoint.connect(_factory(Collect)))
         await eventually(lambda: len(self.server.clients()) == 1)
-        (conn,) = self.server.clients()
-        self.assertIsNotNone(conn._socket)
-        assert conn._socket is not None
-        conn._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        (conn,) = protocols(self.server)
+        sock = direct_socket(conn.transport)
+        self.assertIsNotNone(sock)
+        assert sock is not None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         big = bytes(range(256)) * 4096
         conn.send_raw(big)
         conn.send_raw(b"after")
@@ -287,7 +298,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 _PYTHON_CHILD = """
 from twisted.internet import task
 from twisted.internet.defer import Deferred
-from txgearmand.client import GearmanWorker
+from txgearmand.worker import GearmanWorker
 
 
 def main(reactor):
@@ -340,10 +351,10 @@ class StartWorkerTests(InProcessTestMixin, TestCase):
         client = self.client()
         self.assertEqual(await client.submit("shout", b"quiet"), b"QUIET")
         (conn,) = [c for c in self.server.clients() if c.abilities]
-        self.assertIs(conn, connection)
+        self.assertIs(conn.peer, connection)
         self.assertEqual(conn.client_id, b"child")
         result = client.submit("hang", b"x")
-        await eventually(lambda: bool(connection.held))
+        await eventually(lambda: bool(connection.participant.held))
         os.kill(pid, signal.SIGKILL)
         await watcher.ended
         self.assertTrue(
@@ -367,7 +378,7 @@ class StartWorkerTests(InProcessTestMixin, TestCase):
         self.addCleanup(_kill, pid)
         self.assertIsInstance(pid, int)
         self.assertEqual(await self.client().submit("shout", b"seed"), b"SEED")
-        self.assertIn(connection, self.server.clients())
+        self.assertIn(connection, [p.peer for p in self.server.clients()])
 
     async def test_perl_worker(self) -> None:
         """

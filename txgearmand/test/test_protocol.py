@@ -51,7 +51,7 @@ class RequestTests(ServerTestMixin, SynchronousTestCase):
         conn = self.connect()
         conn.send(P.OPTION_REQ, b"Exceptions")
         self.assertEqual(conn.packets(), [(P.OPTION_RES, (b"Exceptions",))])
-        self.assertTrue(conn.protocol.exceptions)
+        self.assertTrue(conn.participant.exceptions)
 
     def test_option_unknown(self) -> None:
         """
@@ -71,11 +71,11 @@ class RequestTests(ServerTestMixin, SynchronousTestCase):
         """
         conn = self.connect()
         conn.send(P.SET_CLIENT_ID, b"my worker\t1")
-        self.assertEqual(conn.protocol.client_id, b"myworker1")
+        self.assertEqual(conn.participant.client_id, b"myworker1")
         conn.send(P.SET_CLIENT_ID, b" ")
-        self.assertEqual(conn.protocol.client_id, b"-")
+        self.assertEqual(conn.participant.client_id, b"-")
         conn.send(P.SET_CLIENT_ID, b"x" * 200)
-        self.assertEqual(conn.protocol.client_id, b"x" * 127)
+        self.assertEqual(conn.participant.client_id, b"x" * 127)
         self.assertEqual(conn.packets(), [])
 
     def test_all_yours(self) -> None:
@@ -100,14 +100,14 @@ class RequestTests(ServerTestMixin, SynchronousTestCase):
         A connection remembers only the last L{MAX_RELEASED} handles taken
         from it.
         """
-        from txgearmand.protocol import MAX_RELEASED
+        from txgearmand.records import MAX_RELEASED
 
         conn = self.connect()
         for i in range(MAX_RELEASED + 10):
-            conn.protocol.remember_released(b"H:%d" % i)
-        self.assertEqual(len(conn.protocol.released), MAX_RELEASED)
-        self.assertNotIn(b"H:0", conn.protocol.released)
-        self.assertIn(b"H:%d" % (MAX_RELEASED + 9), conn.protocol.released)
+            conn.participant.remember_released(b"H:%d" % i)
+        self.assertEqual(len(conn.participant.released), MAX_RELEASED)
+        self.assertNotIn(b"H:0", conn.participant.released)
+        self.assertIn(b"H:%d" % (MAX_RELEASED + 9), conn.participant.released)
 
     def test_can_do_empty(self) -> None:
         """
@@ -116,7 +116,7 @@ class RequestTests(ServerTestMixin, SynchronousTestCase):
         conn = self.connect()
         conn.send(P.CAN_DO, b"")
         self.assertEqual(conn.packets()[0][1][0], b"INVALID_ARGUMENT")
-        self.assertEqual(conn.protocol.abilities, {})
+        self.assertEqual(conn.participant.abilities, {})
 
 
 class BadInputTests(ServerTestMixin, SynchronousTestCase):
@@ -325,11 +325,10 @@ class WriteTests(ServerTestMixin, SynchronousTestCase):
 
     def test_coalesced_per_turn(self) -> None:
         """
-        With C{coalesce_writes} (the default), what several reads in one
-        reactor turn send a connection goes out at the end of the turn, in
-        one write.
+        What several reads in one reactor turn send a connection goes out
+        at the end of the turn, in one write.
         """
-        self.make_server(coalesce_writes=True)
+        self.make_server()
         client = self.connect()
         handles = []
         for i in range(3):
@@ -342,7 +341,8 @@ class WriteTests(ServerTestMixin, SynchronousTestCase):
         self.clock.advance(0)
         client.transport.writes = 0
         for w, h in zip(workers, handles):
-            w.send(P.WORK_COMPLETE, h, b"r")
+            # Three reads in one turn: the turn does not end between them.
+            w.protocol.dataReceived(encode_request(P.WORK_COMPLETE, h, b"r"))
         self.assertEqual(client.packets(), [])
         self.clock.advance(0)
         self.assertEqual(client.transport.writes, 1)

@@ -6,12 +6,14 @@ L{GearmanProtocol}s over in-memory transports on a fake clock.
 
 from __future__ import annotations
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand.job import HIGH, LOW, NORMAL, JobState
 from txgearmand.server import GearmanError, JobServer
 from txgearmand.test.helpers import ServerTestMixin
 from txgearmand.wire import PacketType as P
+from txgearmand.wire import encode_request
 
 
 class SubmitTests(ServerTestMixin, SynchronousTestCase):
@@ -57,7 +59,7 @@ class SubmitTests(ServerTestMixin, SynchronousTestCase):
             job = self.server.job_by_handle(handle)
             assert job is not None
             self.assertEqual((job.priority, job.background), (priority, background), ptype)
-            self.assertEqual(list(job.listeners), [] if background else [client.protocol])
+            self.assertEqual(list(job.listeners), [] if background else [client.participant])
 
     def test_pipelined_submits_answered_in_order(self) -> None:
         """
@@ -421,7 +423,7 @@ class ResultTests(ServerTestMixin, SynchronousTestCase):
         )
         self.assertEqual(w.packets(), [])
         self.assertIsNone(self.server.job_by_handle(h))
-        self.assertEqual(self.server.functions()[0].total(), 0)
+        self.assertEqual(self.server.registry.listed()[0].total(), 0)
 
     def test_fail(self) -> None:
         """
@@ -477,7 +479,7 @@ class ResultTests(ServerTestMixin, SynchronousTestCase):
         """
         With C{exceptions=True} every client gets WORK_EXCEPTION.
         """
-        self.server.exceptions = True
+        self.server.settings = attrs.evolve(self.server.settings, exceptions=True)
         self.worker_conn.send(P.WORK_EXCEPTION, self.handle, b"boom")
         self.assertEqual(self.client.packets(), [(P.WORK_EXCEPTION, (self.handle, b"boom"))])
 
@@ -519,7 +521,7 @@ class ListenerTests(ServerTestMixin, SynchronousTestCase):
         client.disconnect()
         self.assertEqual(self.server.jobs(), [])
         self.assertEqual(self.worker(b"f").grab(), (P.NO_JOB, ()))
-        self.assertEqual(self.server.functions(), [self.server.get_function(b"f")])
+        self.assertEqual(self.server.registry.listed(), [self.server.registry.get(b"f")])
 
     def test_one_of_two_clients_left(self) -> None:
         """
@@ -621,7 +623,7 @@ class RequeueTests(ServerTestMixin, SynchronousTestCase):
         self.worker(b"f").grab()
         for conn in list(self.server.clients()):
             if conn.held:
-                conn.transport.loseConnection()  # type: ignore[union-attr]
+                conn.peer.close()
         self.assertEqual(client.packets(), [])
         w = self.worker(b"f")
         self.assertEqual(w.grab()[1][0], h)
@@ -765,7 +767,7 @@ class TimeoutTests(ServerTestMixin, SynchronousTestCase):
         w = self.connect()
         w.send(P.CAN_DO_TIMEOUT, b"f", b"soon")
         self.assertEqual(w.packets()[0][1][0], b"INVALID_ARGUMENT")
-        self.assertEqual(w.protocol.abilities, {})
+        self.assertEqual(w.participant.abilities, {})
         w.send(P.CAN_DO_TIMEOUT, b"f")
         self.assertEqual(w.packets()[0][1][0], b"INVALID_ARGUMENT")
 
@@ -871,10 +873,11 @@ class WakeupTests(ServerTestMixin, SynchronousTestCase):
         """
         self.make_server(wakeup=1, wakeup_delay=0)
         workers = self.sleepers(2)
-        self.connect().submit(b"f")
-        self.assertEqual(self.noops(workers), [True, False])
+        # The submission's read, without the end of its reactor turn.
+        self.connect().protocol.dataReceived(encode_request(P.SUBMIT_JOB, b"f", b"", b""))
+        self.assertEqual([w.participant.sleeping for w in workers], [False, True])
         self.clock.advance(0)
-        self.assertEqual(self.noops(workers), [False, True])
+        self.assertEqual(self.noops(workers), [True, True])
 
     def test_wakeup_delay_never(self) -> None:
         """
@@ -1115,4 +1118,4 @@ class ValidationTests(SynchronousTestCase):
 
         server = JobServer(Clock())
         server.submit_job(None, b"f", b"", b"", background=True)
-        self.assertRaises(GearmanError, server.drop_function, b"f")
+        self.assertRaises(GearmanError, server.registry.drop, b"f")

@@ -92,7 +92,7 @@ class _JobStoreContractMixin:
             job(1, payload=b"\0binary\xff\0", reducer=b"r"),
             job(2, when=1234567890.5, priority=2, function=b"g"),
         ]
-        await gatherResults([store.add(j) for j in jobs])
+        await gatherResults([store.add_many([j]) for j in jobs])
         self.assertEqual(await store.load(), sorted(jobs))
 
     async def test_remove(self) -> None:
@@ -101,8 +101,10 @@ class _JobStoreContractMixin:
         """
         assert isinstance(self, TestCase)
         store = await self.opened()
-        await gatherResults([store.add(job(i)) for i in range(1, 6)])
-        await gatherResults([store.remove(2), store.remove(4), store.remove(99)])
+        await gatherResults([store.add_many([job(i)]) for i in range(1, 6)])
+        await gatherResults(
+            [store.remove_many([2]), store.remove_many([4]), store.remove_many([99])]
+        )
         self.assertEqual([j.id for j in await store.load()], [1, 3, 5])
 
     async def test_many_at_once(self) -> None:
@@ -122,9 +124,9 @@ class _JobStoreContractMixin:
         """
         assert isinstance(self, TestCase)
         store = await self.opened()
-        added = store.add(job(1))
-        removed = store.remove(1)
-        other = store.add(job(2))
+        added = store.add_many([job(1)])
+        removed = store.remove_many([1])
+        other = store.add_many([job(2)])
         await gatherResults([added, removed, other])
         self.assertEqual([j.id for j in await store.load()], [2])
 
@@ -144,7 +146,7 @@ class _JobStoreContractMixin:
             job(5, unique=b"same"),
             job(6, unique=b"same"),
         ]
-        await gatherResults([store.add(j) for j in jobs])
+        await gatherResults([store.add_many([j]) for j in jobs])
         self.assertEqual(await store.load(), jobs)
 
     async def test_many(self) -> None:
@@ -153,8 +155,8 @@ class _JobStoreContractMixin:
         """
         assert isinstance(self, TestCase)
         store = await self.opened()
-        await gatherResults([store.add(job(i)) for i in range(1, 5001)])
-        await gatherResults([store.remove(i) for i in range(1, 5001, 2)])
+        await gatherResults([store.add_many([job(i)]) for i in range(1, 5001)])
+        await gatherResults([store.remove_many([i]) for i in range(1, 5001, 2)])
         loaded = await store.load()
         self.assertEqual([j.id for j in loaded], list(range(2, 5001, 2)))
 
@@ -165,8 +167,8 @@ class _JobStoreContractMixin:
         assert isinstance(self, TestCase)
         store = self.make_store()
         await store.open()
-        await gatherResults([store.add(job(i)) for i in (1, 2, 3)])
-        await store.remove(2)
+        await gatherResults([store.add_many([job(i)]) for i in (1, 2, 3)])
+        await store.remove_many([2])
         await store.close()
         again = self.reopen(store)
         await again.open()
@@ -180,7 +182,7 @@ class _JobStoreContractMixin:
         assert isinstance(self, TestCase)
         store = self.make_store()
         await store.open()
-        pending = store.add(job(7))
+        pending = store.add_many([job(7)])
         await store.close()
         await pending
         again = self.reopen(store)
@@ -272,9 +274,9 @@ class PostgreSQLStoreTests(_JobStoreContractMixin, TestCase):
         """
         store = await self.opened()
         assert isinstance(store, PostgreSQLStore)
-        await store.add(job(1))
+        await store.add_many([job(1)])
         store._conn.close()
-        await store.add(job(2))
+        await store.add_many([job(2)])
         self.assertEqual([j.id for j in await store.load()], [1, 2])
 
 
@@ -323,7 +325,7 @@ class BatchWriterTests(SynchronousTestCase):
         self.clock = Clock()
         self.batches: list[Batch] = []
         self.commits: list[Deferred[None]] = []
-        self.writer = BatchWriter(self.clock, self.commit)
+        self.writer = BatchWriter(self.commit)
 
     def commit(self, batch: Batch) -> Deferred[None]:
         self.batches.append(batch)
@@ -331,48 +333,48 @@ class BatchWriterTests(SynchronousTestCase):
         self.commits.append(d)
         return d
 
-    def test_one_transaction_per_turn(self) -> None:
+    def test_write_starts_a_transaction(self) -> None:
         """
-        The writes of one reactor turn are one transaction, and each write
-        is acknowledged only when it is committed.
+        A write starts a transaction at once when none runs (the job server
+        gathers a turn's writes into one call), and is acknowledged only
+        when it is committed.
         """
-        waits = [self.writer.add(job(i)) for i in range(1, 101)]
-        self.assertEqual(self.batches, [])
-        self.clock.advance(0)
+        wait = self.writer.add_many([job(i) for i in range(1, 101)])
         self.assertEqual(len(self.batches), 1)
         self.assertEqual(len(self.batches[0][0]), 100)
-        for w in waits:
-            self.assertNoResult(w)
+        self.assertNoResult(wait)
         self.commits[0].callback(None)
-        for w in waits:
-            self.successResultOf(w)
+        self.successResultOf(wait)
 
     def test_next_batch_waits_for_commit(self) -> None:
         """
-        Writes made while a transaction runs form the next batch, started
-        as soon as it commits.
+        Writes made while a transaction runs form the next batch, one
+        transaction for all of them, started as soon as it commits.
         """
-        self.writer.add(job(1))
-        self.clock.advance(0)
-        second = [self.writer.add(job(2)), self.writer.remove(1)]
+        self.writer.add_many([job(1)])
+        second = [self.writer.add_many([job(2)]), self.writer.remove_many([1])]
+        third = self.writer.add_many([job(3)])
         self.clock.advance(0)
         self.assertEqual(len(self.batches), 1)
         self.commits[0].callback(None)
-        self.assertEqual(self.batches[1], ([job(2)], [1]))
+        self.assertEqual(self.batches[1], ([job(2), job(3)], [1]))
+        for w in [*second, third]:
+            self.assertNoResult(w)
         self.commits[1].callback(None)
-        for w in second:
+        for w in [*second, third]:
             self.successResultOf(w)
 
     def test_add_remove_cancel(self) -> None:
         """
         A job added and removed in one batch is never written.
         """
-        added = self.writer.add(job(1))
-        removed = self.writer.remove(1)
-        self.writer.add(job(2))
-        self.clock.advance(0)
-        self.assertEqual(self.batches, [([job(2)], [])])
+        self.writer.add_many([job(9)])
+        added = self.writer.add_many([job(1)])
+        removed = self.writer.remove_many([1])
+        self.writer.add_many([job(2)])
         self.commits[0].callback(None)
+        self.assertEqual(self.batches[1], ([job(2)], []))
+        self.commits[1].callback(None)
         self.successResultOf(added)
         self.successResultOf(removed)
 
@@ -380,19 +382,19 @@ class BatchWriterTests(SynchronousTestCase):
         """
         A batch that cancels out entirely needs no transaction.
         """
-        d = self.writer.add(job(1))
-        self.writer.remove(1)
-        self.clock.advance(0)
-        self.assertEqual(self.batches, [])
+        self.writer.add_many([job(9)])
+        d = self.writer.add_many([job(1)])
+        self.writer.remove_many([1])
+        self.commits[0].callback(None)
+        self.assertEqual(len(self.batches), 1)
         self.successResultOf(d)
 
     def test_failure(self) -> None:
         """
         A failed transaction fails every write in it; later batches go on.
         """
-        first = self.writer.add(job(1))
-        self.clock.advance(0)
-        later = self.writer.add(job(2))
+        first = self.writer.add_many([job(1)])
+        later = self.writer.add_many([job(2)])
         self.commits[0].errback(RuntimeError("disk full"))
         self.failureResultOf(first, RuntimeError)
         self.assertEqual(self.batches[1], ([job(2)], []))
@@ -402,11 +404,10 @@ class BatchWriterTests(SynchronousTestCase):
 
     def test_drain(self) -> None:
         """
-        C{drain} fires once everything written so far is committed, without
-        waiting for the next turn.
+        C{drain} fires once everything written so far is committed.
         """
         self.successResultOf(self.writer.drain())
-        self.writer.add(job(1))
+        self.writer.add_many([job(1)])
         drained = self.writer.drain()
         self.assertEqual(len(self.batches), 1)
         self.assertNoResult(drained)

@@ -165,16 +165,17 @@ class MakeServiceTests(SynchronousTestCase):
         )
         js = service.job_server
         self.assertIsInstance(js, JobServer)
+        s = js.settings
         self.assertEqual(
-            (js.wakeup, js.wakeup_delay, js.job_retries, js.job_handle_prefix),
+            (s.wakeup, s.wakeup_delay, s.job_retries, s.job_handle_prefix),
             (7, 2.0, 3, b"H:x"),
         )
         self.assertEqual(js.max_queue(b"f"), (2, 2, 2))
-        self.assertEqual(js.max_packet_size, 4096)
-        self.assertTrue(js.exceptions)
-        self.assertEqual(js.timeout_unit, "seconds")
-        self.assertEqual(js.admin_shutdown, "never")
-        self.assertEqual(js.verbose, "WARNING")
+        self.assertEqual(s.max_packet_size, 4096)
+        self.assertTrue(s.exceptions)
+        self.assertEqual(s.timeout_unit, "seconds")
+        self.assertEqual(s.admin_shutdown, "never")
+        self.assertEqual(s.verbose, "WARNING")
         self.assertEqual(js.on_shutdown, reactor.stop)
         service.privilegedStartService()
         service.startService()

@@ -1,6 +1,7 @@
 """
 Tests for L{txgearmand.testing.MemoryGearmanServer} and, through it, for
-the client and worker API of L{txgearmand.client} on a fake clock.
+the client and worker APIs of L{txgearmand.client} and L{txgearmand.worker}
+on a fake clock.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from txgearmand.client import (
     HIGH,
     GearmanClient,
-    GearmanWorker,
     JobException,
     JobFailed,
     JobStatus,
     NoServerAvailable,
     ServerError,
-    WorkerJob,
-    WorkFailed,
 )
 from txgearmand.testing import MemoryGearmanServer
+from txgearmand.worker import GearmanWorker, WorkerJob, WorkFailed
 
 
 class MemoryServerTestMixin:
@@ -226,7 +225,7 @@ class ClientWorkerTests(MemoryServerTestMixin, SynchronousTestCase):
         """
         self.worker(reverse=reverse)
         client = self.client()
-        self.server.job_server.function(b"reverse")
+        self.server.job_server.registry.function(b"reverse")
         d1 = client.submit("reverse", b"abc", unique="u")
         d2 = client.submit("reverse", b"abc", unique="u")
         self.server.flush()
@@ -326,7 +325,7 @@ class ClientWorkerTests(MemoryServerTestMixin, SynchronousTestCase):
         d = client.submit("nobody")
         self.server.flush()
         for conn in self.server.job_server.clients():
-            conn.close()
+            conn.peer.close()
         self.server.flush()
         self.failureResultOf(d, JobFailed)
 
@@ -342,7 +341,7 @@ class ClientWorkerTests(MemoryServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(first), b"eno")
         for conn in self.server.job_server.clients():
             if not conn.abilities:
-                conn.close()
+                conn.peer.close()
         self.server.flush()
         second = client.submit("reverse", b"two")
         self.server.flush()
@@ -357,7 +356,7 @@ class ClientWorkerTests(MemoryServerTestMixin, SynchronousTestCase):
         """
         self.worker(reverse=reverse)
         for conn in self.server.job_server.clients():
-            conn.close()
+            conn.peer.close()
         self.server.flush()
         self.assertEqual(self.server.job_server.clients(), [])
         self.server.advance(1.0)

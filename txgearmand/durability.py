@@ -1,0 +1,247 @@
+# -*- test-case-name: txgearmand.test.test_durability -*-
+"""
+Durability: the bridge between the job server and its L{IJobStore}.
+
+It opens and loads the store at start (the server replays what it
+loaded), says when the server is ready, hands the store the background
+jobs accepted and ended in each reactor turn - one C{add_many} and one
+C{remove_many} per turn, when the output batch flushes - and tells each
+job's commit waiters (the submitters waiting for JOB_CREATED) once the
+store has committed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
+
+from txgearmand import _log
+from txgearmand.batching import OutputBatch
+from txgearmand.functions import FunctionRegistry
+from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.job import JobTable
+from txgearmand.records import Job, JobState
+from txgearmand.schedule import Schedule
+
+__all__ = ["Durability"]
+
+_DONE = JobState.DONE
+
+
+class Durability:
+    """
+    Keeps background jobs in a store (or, with no store, does nothing).
+
+    @ivar store: the L{IJobStore}, or L{None}.
+    @ivar ready: False until the store is opened and loaded.
+    """
+
+    log = _log.logger("txgearmand.durability")
+
+    def __init__(
+        self, store: IJobStore | None, batch: OutputBatch, lost: Callable[[Job], None]
+    ) -> None:
+        """
+        @param batch: the server's output batch: writes go to the store
+            when it flushes, and replies to committed submissions wait for
+            its next turn.
+        @param lost: called with a background job the store refused, to
+            end it.
+        """
+        self.store = store
+        self.ready = store is None
+        self._batch = batch
+        self._lost = lost
+        self._ready_waiters: list[Deferred[None]] = []
+        self._seq = 0
+        self._to_store: dict[int, Job] = {}
+        self._to_remove: list[int] = []
+        self._not_stored: list[Job] = []
+
+    # -- start and stop -------------------------------------------------
+
+    def open(self) -> Deferred[list[StoredJob]]:
+        """
+        Open the store and load what it kept.
+
+        @return: a Deferred firing with the stored jobs, in order.
+        """
+        store = self.store
+        if store is None:
+            return succeed([])
+        d: Deferred[Any] = maybeDeferred(store.open)
+        d.addCallback(lambda _: store.load())
+        return d.addCallback(self._loaded)
+
+    def _loaded(self, records: list[StoredJob]) -> list[StoredJob]:
+        for record in records:
+            self._seq = max(self._seq, record.id)
+        return records
+
+    def replay(
+        self,
+        records: list[StoredJob],
+        table: JobTable,
+        registry: FunctionRegistry,
+        schedule: Schedule,
+    ) -> None:
+        """
+        Queue again the jobs the store kept, in their order (with new
+        handles where a live job has theirs), then say the server is ready.
+        """
+        now = schedule.now()
+        with self._batch:
+            for record in records:
+                handle = record.handle
+                table.note_handle(handle)
+                if handle in table.by_handle:
+                    handle = table.new_handle()
+                job = Job(
+                    handle,
+                    registry.function(record.function),
+                    record.unique,
+                    record.payload,
+                    record.priority,
+                    True,
+                    record.reducer,
+                    record.when,
+                )
+                job.require_listener = False
+                job.store_id = record.id
+                table.add(job)
+                if record.when is not None and record.when > now:
+                    schedule.add(job)
+                else:
+                    job.queue.push(job)
+        for fq in registry.over_limit():
+            self.log.warn(
+                "{function} has {n} stored jobs, over its max queue; all are kept",
+                function=fq.name,
+                n=fq.total(),
+            )
+        self.log.info("Replayed {n} stored jobs", n=len(records))
+        self.set_ready()
+
+    def when_ready(self) -> Deferred[None]:
+        """
+        A Deferred that fires once the store is replayed (at once if it
+        is), or fails if it could not be opened.
+        """
+        if self.ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def set_ready(self, failure: Failure | None = None) -> None:
+        """
+        The store is replayed (or, with a failure, could not be).
+        """
+        self.ready = failure is None
+        waiters, self._ready_waiters = self._ready_waiters, []
+        with self._batch:
+            for d in waiters:
+                if failure is None:
+                    d.callback(None)
+                else:
+                    d.errback(failure)
+
+    def close(self) -> Deferred[None]:
+        """
+        Commit what is pending and close the store.
+        """
+        store = self.store
+        if store is None or not self.ready:
+            return succeed(None)
+        self.flush()
+        d: Deferred[Any] = maybeDeferred(store.close)
+        d.addErrback(lambda f: self.log.failure("Closing the job store failed", f))
+        return d.addCallback(lambda _: None)
+
+    # -- jobs -----------------------------------------------------------
+
+    def keep(self, job: Job) -> None:
+        """
+        Store a background job with the others of this turn; its submitters
+        (L{Job.commit_waiters}) are answered once it is committed.
+        """
+        self._seq += 1
+        job.store_id = self._seq
+        job.commit_waiters = []
+        self._to_store[self._seq] = job
+        if not self._batch.depth:
+            self._batch.flush()
+
+    def forget(self, job: Job) -> None:
+        """
+        A stored job ended: remove it from the store (or, if it ended in the
+        turn it was accepted, never write it).
+        """
+        store_id = job.store_id
+        if store_id is None or self.store is None:
+            return
+        job.store_id = None
+        if self._to_store.pop(store_id, None) is not None:
+            self._not_stored.append(job)
+        else:
+            self._to_remove.append(store_id)
+        if not self._batch.depth:
+            self._batch.flush()
+
+    def flush(self) -> None:
+        """
+        Hand the store what this turn accepted and ended (the output
+        batch's L{OutputBatch.before_flush}).
+        """
+        store = self.store
+        if store is None:
+            return
+        if self._not_stored:
+            jobs, self._not_stored = self._not_stored, []
+            self._committed(None, jobs)
+        if self._to_store:
+            jobs = list(self._to_store.values())
+            self._to_store = {}
+            d = store.add_many(
+                [
+                    StoredJob(
+                        job.store_id,  # type: ignore[arg-type]
+                        job.handle,
+                        job.queue.name,
+                        job.unique,
+                        job.data,
+                        job.priority,
+                        job.when,
+                        job.reducer,
+                    )
+                    for job in jobs
+                ]
+            )
+            d.addBoth(self._committed, jobs)
+        if self._to_remove:
+            ids, self._to_remove = self._to_remove, []
+            store.remove_many(ids).addErrback(_logged_by_the_store)
+
+    def _committed(self, result: object, jobs: list[Job]) -> None:
+        failure = result if isinstance(result, Failure) else None
+        # The replies go out together, once per connection, next turn.
+        self._batch.hold_until_next_turn()
+        for job in jobs:
+            waiters = job.commit_waiters or []
+            job.commit_waiters = None
+            if failure is not None:
+                job.store_id = None
+                if job.background and job.state is not _DONE:
+                    self.log.warn("Dropping {handle}: the store did not take it", handle=job.handle)
+                    self._lost(job)
+            for waiter in waiters:
+                waiter(failure)
+
+
+def _logged_by_the_store(failure: Failure) -> None:
+    """
+    Swallow a failure the store already logged.
+    """

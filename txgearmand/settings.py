@@ -1,0 +1,163 @@
+# -*- test-case-name: txgearmand.test.test_model -*-
+"""
+The job server's settings: one frozen object, every value checked here
+and nowhere else.  C{twistd gearmand} builds it from its command line;
+L{txgearmand.server.JobServer} builds it from keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Union
+
+import attrs
+
+from txgearmand import _log, wire
+from txgearmand.job import MAX_HANDLE_PREFIX, default_handle_prefix
+
+__all__ = [
+    "ADMIN_SHUTDOWN_POLICIES",
+    "TIMEOUT_UNITS",
+    "Limits",
+    "Settings",
+    "SettingsError",
+    "limits_of",
+]
+
+#: Who may use the admin C{shutdown} command.
+ADMIN_SHUTDOWN_POLICIES = ("never", "local", "any")
+#: How the timeout of CAN_DO_TIMEOUT is read, and its factor to seconds.
+TIMEOUT_UNITS = {"milliseconds": 0.001, "seconds": 1.0}
+
+#: A function's max-queue limits (high, normal, low; 0 = none).
+Limits = tuple[int, int, int]
+
+
+class SettingsError(ValueError):
+    """
+    A setting has a value it cannot take.
+
+    @ivar setting: the setting's name (C{wakeup_delay}); the command line
+        spells it C{--wakeup-delay}.
+    @ivar reason: what is wrong, e.g. C{must be 0 or more}.
+    """
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting} {reason}")
+        self.setting = setting
+        self.reason = reason
+
+
+def limits_of(value: Union[int, Iterable[int], None]) -> Limits:
+    """
+    Max-queue limits from one number (every priority) or up to three
+    (high, normal, low; those left out are unlimited); negative is 0.
+    """
+    if value is None:
+        return (0, 0, 0)
+    if isinstance(value, int):
+        numbers = [value, value, value]
+    else:
+        numbers = [int(n) for n in value]
+        if not 1 <= len(numbers) <= 3:
+            raise ValueError("max-queue limits are one to three numbers")
+        numbers += [0] * (3 - len(numbers))
+    return (max(numbers[0], 0), max(numbers[1], 0), max(numbers[2], 0))
+
+
+def _max_queue(value: Mapping[bytes, Union[int, Iterable[int]]] | None) -> Mapping[bytes, Limits]:
+    out: dict[bytes, Limits] = {}
+    for name, limit in (value or {}).items():
+        limits = limits_of(limit)
+        if any(limits):
+            out[name] = limits
+    return MappingProxyType(out)
+
+
+def _prefix(value: bytes | None) -> bytes:
+    return default_handle_prefix() if value is None else value
+
+
+def _check(name: str, ok: bool, reason: str) -> None:
+    if not ok:
+        raise SettingsError(name, reason)
+
+
+def _upper(value: str) -> str:
+    return value.upper()
+
+
+@attrs.frozen
+class Settings:
+    """
+    How a job server behaves.  Every field has the default of
+    C{twistd gearmand}; L{SettingsError} says which one is wrong.
+
+    @ivar wakeup: sleepers woken (NOOP) per queued job: C{N}, C{0} for
+        none, C{-1} for all.
+    @ivar wakeup_delay: seconds between further wake-ups while a function
+        still has queued jobs and sleeping workers; C{0} the next reactor
+        turn, C{-1} never.
+    @ivar job_retries: failed attempts (worker lost, CANT_DO, timeout)
+        after which a job fails; C{0} retries forever.
+    @ivar job_handle_prefix: job handles are C{<prefix>:<n>} (default
+        C{H:<hostname>}).
+    @ivar max_packet_size: the largest packet body a connection accepts.
+    @ivar max_queue: max-queue limits by function at start (a number, or
+        high, normal and low), as L{JobServer.set_max_queue} takes them.
+    @ivar exceptions: forward WORK_EXCEPTION to every client, not only to
+        those that asked with OPTION_REQ.
+    @ivar timeout_unit: how CAN_DO_TIMEOUT values are read, a key of
+        L{TIMEOUT_UNITS}.
+    @ivar admin_shutdown: who may use the admin C{shutdown} command, one of
+        L{ADMIN_SHUTDOWN_POLICIES}.
+    @ivar verbose: the log level, a C gearmand level name.
+    """
+
+    wakeup: int = 3
+    wakeup_delay: float = 0.1
+    job_retries: int = 0
+    job_handle_prefix: bytes = attrs.field(default=None, converter=_prefix)
+    max_packet_size: int = wire.DEFAULT_MAX_PACKET_SIZE
+    max_queue: Mapping[bytes, Limits] = attrs.field(factory=dict, converter=_max_queue)
+    exceptions: bool = False
+    timeout_unit: str = "milliseconds"
+    admin_shutdown: str = "local"
+    verbose: str = attrs.field(default="INFO", converter=_upper)
+
+    def __attrs_post_init__(self) -> None:
+        _check("wakeup", self.wakeup >= -1, "must be -1 (all), 0 (none) or a count")
+        delay = self.wakeup_delay
+        _check("wakeup_delay", delay >= 0 or delay == -1, "must be -1 (never) or seconds >= 0")
+        _check("job_retries", self.job_retries >= 0, "must be 0 (unlimited) or more")
+        prefix = self.job_handle_prefix
+        _check(
+            "job_handle_prefix",
+            0 < len(prefix) <= MAX_HANDLE_PREFIX,
+            f"must be 1 to {MAX_HANDLE_PREFIX} bytes (a job handle has at most 63)",
+        )
+        _check("max_packet_size", self.max_packet_size >= 1, "must be positive")
+        _check(
+            "timeout_unit",
+            self.timeout_unit in TIMEOUT_UNITS,
+            "must be one of " + ", ".join(TIMEOUT_UNITS),
+        )
+        _check(
+            "admin_shutdown",
+            self.admin_shutdown in ADMIN_SHUTDOWN_POLICIES,
+            "must be one of " + ", ".join(ADMIN_SHUTDOWN_POLICIES),
+        )
+        _check("verbose", self.verbose in _log.LEVELS, "must be one of " + ", ".join(_log.LEVELS))
+
+    def timeout_seconds(self, value: float) -> float | None:
+        """
+        A CAN_DO_TIMEOUT value in seconds (L{None}: no timeout), read in
+        L{timeout_unit}; in milliseconds, under a second counts as one, as
+        in C gearmand.
+        """
+        if value <= 0:
+            return None
+        if self.timeout_unit == "milliseconds":
+            return max(value / 1000.0, 1.0)
+        return value * TIMEOUT_UNITS[self.timeout_unit]
