@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
 from txgearmand import _log
-from txgearmand._socketpair import socket_to, spawn_with_socket
+from txgearmand._socketpair import WorkerProcess, socket_to, spawn_with_socket
 from txgearmand.batching import OutputBatch
 from txgearmand.durability import Durability
 from txgearmand.functions import FunctionRegistry
@@ -79,6 +79,8 @@ class JobServer(Service):
         the process (twistd's service passes C{reactor.stop}); without it
         the admin command is refused.
     @ivar pid: the process id C{getpid} reports.
+    @ivar children: the workers L{start_worker} started and that still run,
+        by pid (each a L{WorkerProcess}, whose C{ended} fires at exit).
     """
 
     log = _log.logger("txgearmand.server.JobServer")
@@ -119,6 +121,7 @@ class JobServer(Service):
         self._schedule = Schedule(reactor, self._release_due)
         self.workers = Workers(reactor, self.settings, self.registry, self.output, self._take_back)
         self._participants: dict[Participant, None] = {}
+        self.children: dict[int, WorkerProcess] = {}
         self._factory = factory
         self.accepting = True
         self.draining = False
@@ -226,6 +229,9 @@ class JobServer(Service):
         """
         self._participants.pop(participant, None)
         participant.connected = False
+        if participant.sleeping:
+            # Before its jobs go back: their wake-ups are for others.
+            self.workers.unsleep(participant)
         for job in list(participant.held.values()):
             self.log.info(
                 "Worker {worker} went away holding {handle}",
@@ -238,8 +244,6 @@ class JobServer(Service):
                 if job.require_listener and job.state is _QUEUED:
                     self.log.debug("Dropping {handle}: its clients left", handle=job.handle)
                     self._finish(job)
-        if participant.sleeping:
-            self.workers.unsleep(participant)
         self.workers.reset_abilities(participant)
 
     # -- limits ---------------------------------------------------------
@@ -664,7 +668,9 @@ class JobServer(Service):
         @return: the child's pid and the server's connection to it.
         """
         self._check_accepting()
-        pid, connection, _ = spawn_with_socket(self.reactor, self.factory, argv, env)
+        pid, connection, watcher = spawn_with_socket(self.reactor, self.factory, argv, env)
+        self.children[pid] = watcher
+        watcher.ended.addBoth(_forget_child, self.children, pid)
         return pid, connection
 
     def _check_accepting(self) -> None:
@@ -719,6 +725,11 @@ def _cancel(job: Job) -> None:
         if timer.active():
             timer.cancel()
         job.timer = None
+
+
+def _forget_child(result: object, children: dict[int, WorkerProcess], pid: int) -> object:
+    children.pop(pid, None)
+    return result
 
 
 def _held(worker: Participant, handle: bytes, text: bytes, final: bool = True) -> Job | None:

@@ -377,8 +377,12 @@ class StartWorkerTests(InProcessTestMixin, TestCase):
         pid, connection = self.server.start_worker(argv)
         self.addCleanup(_kill, pid)
         self.assertIsInstance(pid, int)
+        watcher = self.server.children[pid]
         self.assertEqual(await self.client().submit("shout", b"seed"), b"SEED")
         self.assertIn(connection, [p.peer for p in self.server.clients()])
+        _kill(pid)
+        await watcher.ended
+        self.assertNotIn(pid, self.server.children)
 
     async def test_perl_worker(self) -> None:
         """
