@@ -22,38 +22,42 @@ class FunctionRegistry:
 
     A function is kept while it has a worker or a job, or was made with
     C{create function}; L{forget_if_unused} drops it after that.
+
+    @ivar by_name: every known L{FunctionQueue} by name (read it; change it
+        through the methods).
+    @ivar limits_by_name: the functions that have max-queue limits.
     """
 
     def __init__(self, max_queue: Mapping[bytes, Union[int, Iterable[int]]] | None = None):
-        self._functions: dict[bytes, FunctionQueue] = {}
-        self._max_queue: dict[bytes, Limits] = {}
+        self.by_name: dict[bytes, FunctionQueue] = {}
+        self.limits_by_name: dict[bytes, Limits] = {}
         for name, limit in (max_queue or {}).items():
             self.set_limits(name, limits_of(limit))
 
     def __iter__(self) -> Iterator[FunctionQueue]:
-        return iter(self._functions.values())
+        return iter(self.by_name.values())
 
     def function(self, name: bytes) -> FunctionQueue:
         """
         The L{FunctionQueue} of a function, made if new.
         """
-        fq = self._functions.get(name)
+        fq = self.by_name.get(name)
         if fq is None:
-            fq = self._functions[name] = FunctionQueue(name)
+            fq = self.by_name[name] = FunctionQueue(name)
         return fq
 
     def get(self, name: bytes) -> FunctionQueue | None:
         """
         The L{FunctionQueue} of a function, or L{None} if unknown.
         """
-        return self._functions.get(name)
+        return self.by_name.get(name)
 
     def listed(self) -> list[FunctionQueue]:
         """
         The functions worth listing (with a worker, a job, or made with
         C{create function}), sorted by name.
         """
-        return [fq for _, fq in sorted(self._functions.items()) if fq.in_use()]
+        return [fq for _, fq in sorted(self.by_name.items()) if fq.in_use()]
 
     def create(self, name: bytes) -> None:
         """
@@ -70,10 +74,10 @@ class FunctionRegistry:
         @raise GearmanError: if it still has workers or jobs.
         @return: the dropped function, or L{None} if there was none.
         """
-        fq = self._functions.get(name)
+        fq = self.by_name.get(name)
         if fq is None:
             lowered = name.lower()
-            for other, candidate in self._functions.items():
+            for other, candidate in self.by_name.items():
                 if other.lower() == lowered:
                     fq = candidate
                     break
@@ -92,8 +96,8 @@ class FunctionRegistry:
         """
         if fq.in_use():
             return
-        if self._functions.get(fq.name) is fq:
-            del self._functions[fq.name]
+        if self.by_name.get(fq.name) is fq:
+            del self.by_name[fq.name]
         fq.cancel_wake_timer()
 
     # -- limits ---------------------------------------------------------
@@ -103,15 +107,15 @@ class FunctionRegistry:
         Set (or, all zero, remove) a function's max-queue limits.
         """
         if any(limits):
-            self._max_queue[name] = limits
+            self.limits_by_name[name] = limits
         else:
-            self._max_queue.pop(name, None)
+            self.limits_by_name.pop(name, None)
 
     def limits(self, name: bytes) -> Limits | None:
         """
         The limits set for a function (high, normal, low; 0 = none), if any.
         """
-        return self._max_queue.get(name)
+        return self.limits_by_name.get(name)
 
     def check_room(self, fq: FunctionQueue, priority: int) -> None:
         """
@@ -120,7 +124,7 @@ class FunctionRegistry:
 
         @raise GearmanError: C{QUEUE_ERROR} when it is full.
         """
-        limits = self._max_queue.get(fq.name)
+        limits = self.limits_by_name.get(fq.name)
         if limits is not None:
             limit = limits[priority]
             if limit and fq.total() >= limit:
@@ -133,8 +137,8 @@ class FunctionRegistry:
         which keeps every stored job).
         """
         out = []
-        for fq in self._functions.values():
-            limits = self._max_queue.get(fq.name)
+        for fq in self.by_name.values():
+            limits = self.limits_by_name.get(fq.name)
             if limits is not None and any(n and fq.total() > n for n in limits):
                 out.append(fq)
         return out

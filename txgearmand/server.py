@@ -367,10 +367,16 @@ class JobServer(Service):
                     # One entry per submission, as both peers do.
                     job.add_listener(client)
                 return job
-        fq = self.registry.function(function)
-        self.registry.check_room(fq, priority)
-        job = Job(self.table.new_handle(), fq, unique, data, priority, background, reducer, when)
-        self.table.add(job)
+        # Fast path: a known function without limits costs two dict lookups.
+        registry = self.registry
+        fq = registry.by_name.get(function) or registry.function(function)
+        if function in registry.limits_by_name:
+            registry.check_room(fq, priority)
+        table = self.table
+        job = Job(table.new_handle(), fq, unique, data, priority, background, reducer, when)
+        table.by_handle[job.handle] = job
+        if unique:
+            table.index_unique(job)
         if background:
             job.require_listener = False
             if durability.store is not None:
@@ -470,7 +476,8 @@ class JobServer(Service):
             worker.held.pop(job.handle, None)
             job.worker = None
         job.queue.running -= 1
-        _cancel(job)
+        if job.timer is not None:
+            _cancel(job)
 
     def _attempt_failed(self, job: Job) -> None:
         """
@@ -519,9 +526,16 @@ class JobServer(Service):
         Drop a finished job from the table, the store and, if it was the
         last thing keeping it, its function.
         """
-        self.table.remove(job)
-        self.durability.forget(job)
-        self.registry.forget_if_unused(job.queue)
+        # Fast path: skip the calls that would find nothing to do.
+        by_handle = self.table.by_handle
+        if by_handle.get(job.handle) is job:
+            del by_handle[job.handle]
+        if job.coalesce_key is not None:
+            self.table.unindex_unique(job)
+        if job.store_id is not None:
+            self.durability.forget(job)
+        if not job.queue.workers:
+            self.registry.forget_if_unused(job.queue)
         if self.draining:
             self._check_drained()
 
@@ -564,7 +578,7 @@ class JobServer(Service):
         """
         WORK_STATUS: remember the progress and tell every listener.
         """
-        job = _held(worker, handle, _NOT_FOUND_RESULT, final=False)
+        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT, False)
         if job is not None:
             job.numerator = numerator
             job.denominator = denominator
@@ -577,7 +591,9 @@ class JobServer(Service):
         WORK_DATA (or, with C{warning}, WORK_WARNING): relay to every
         listener.
         """
-        job = _held(worker, handle, b"Job does not exist on server", final=False)
+        job = worker.held.get(handle) or _not_held(
+            worker, handle, b"Job does not exist on server", False
+        )
         if job is not None:
             job.relay(PacketType.WORK_WARNING if warning else PacketType.WORK_DATA, handle, data)
 
@@ -585,7 +601,7 @@ class JobServer(Service):
         """
         WORK_COMPLETE: relay the result to every listener; the job ends.
         """
-        job = _held(worker, handle, _NOT_FOUND_RESULT)
+        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT)
         if job is not None:
             job.relay(PacketType.WORK_COMPLETE, handle, data)
             worker.jobs_done += 1
@@ -595,7 +611,7 @@ class JobServer(Service):
         """
         WORK_FAIL: tell every listener; the job ends.
         """
-        job = _held(worker, handle, _NOT_FOUND_RESULT)
+        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT)
         if job is not None:
             job.relay(_WORK_FAIL, handle)
             worker.jobs_done += 1
@@ -607,7 +623,9 @@ class JobServer(Service):
         for exceptions (or all, with the C{exceptions} setting) get it, the
         others get WORK_FAIL.
         """
-        job = _held(worker, handle, b"An exception was received for a job that does not exist")
+        job = worker.held.get(handle) or _not_held(
+            worker, handle, b"An exception was received for a job that does not exist"
+        )
         if job is not None:
             job.relay_exception(data, self.settings.exceptions)
             worker.jobs_done += 1
@@ -732,16 +750,13 @@ def _forget_child(result: object, children: dict[int, WorkerProcess], pid: int) 
     return result
 
 
-def _held(worker: Participant, handle: bytes, text: bytes, final: bool = True) -> Job | None:
+def _not_held(worker: Participant, handle: bytes, text: bytes, final: bool = True) -> Job | None:
     """
-    The job a worker's result is for; L{None} for a job the server took
-    from it (dropped quietly; a final result ends that grace).
+    A worker's result for a job it does not hold: dropped quietly (L{None})
+    if the server took that job from it (a final result ends that grace).
 
     @raise GearmanError: C{JOB_NOT_FOUND} for a job it never held.
     """
-    job = worker.held.get(handle)
-    if job is not None:
-        return job
     if handle in worker.released:
         if final:
             del worker.released[handle]
