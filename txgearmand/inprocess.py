@@ -33,8 +33,6 @@ from txgearmand._socketpair import (
     WorkerProcess,
     adopt_server_end,
     pair,
-    socket_to,
-    spawn_with_socket,
 )
 from txgearmand.protocol import GearmanProtocol
 from txgearmand.server import JobServer
@@ -114,9 +112,7 @@ def to_inprocess_server(reactor: IReactorSocket, job_server: JobServer) -> socke
     thread, or a program given the descriptor), as Gearman::Server's
     C{to_inprocess_server}.  The socket is blocking; close it when done.
     """
-    if not job_server.accepting:
-        raise ConnectionRefusedError("the job server does not accept connections")
-    return socket_to(reactor, job_server.factory, "in-process")
+    return job_server.doors.socket(reactor)
 
 
 def start_worker(
@@ -142,8 +138,6 @@ def start_worker(
     @return: the child's pid, the server's connection to it, and the
         L{WorkerProcess} watching it.
     """
-    if not job_server.accepting:
-        raise ConnectionRefusedError("the job server does not accept connections")
-    pid, connection, watcher = spawn_with_socket(reactor, job_server.factory, argv, env, path)
+    pid, connection, watcher = job_server.doors.start_worker(argv, env, path, reactor)
     assert isinstance(connection, GearmanProtocol)
     return pid, connection, watcher

@@ -15,20 +15,20 @@ L{OutputBatch} (one write per peer per turn), L{Schedule} (epoch jobs).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory, IReactorTime
 from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 
 from txgearmand import _log
-from txgearmand._socketpair import WorkerProcess, socket_to, spawn_with_socket
 from txgearmand.batching import OutputBatch
+from txgearmand.doors import Doors
+from txgearmand.drain import Drain
 from txgearmand.durability import Durability
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import IJobStore, IPeer
@@ -72,15 +72,15 @@ class JobServer(Service):
     @ivar durability: its L{Durability}: the store, and readiness.
     @ivar output: the L{OutputBatch} its peers buffer their output in.
     @ivar accepting: False while draining or stopped: no new participants.
-    @ivar draining: a graceful shutdown is under way.
+    @ivar drain: the graceful shutdown (L{Drain}).
     @ivar stop_listening: called once when a graceful shutdown begins, to
         close the listening ports; may return a Deferred.
     @ivar on_shutdown: called when an admin C{shutdown} completes, to end
         the process (twistd's service passes C{reactor.stop}); without it
         the admin command is refused.
     @ivar pid: the process id C{getpid} reports.
-    @ivar children: the workers L{start_worker} started and that still run,
-        by pid (each a L{WorkerProcess}, whose C{ended} fires at exit).
+    @ivar doors: the L{Doors} it opens itself (port, socket, child worker).
+    @ivar children: the workers it started that still run, by pid.
     """
 
     log = _log.logger("txgearmand.server.JobServer")
@@ -121,11 +121,11 @@ class JobServer(Service):
         self._schedule = Schedule(reactor, self._release_due)
         self.workers = Workers(reactor, self.settings, self.registry, self.output, self._take_back)
         self._participants: dict[Participant, None] = {}
-        self.children: dict[int, WorkerProcess] = {}
+        self.doors = Doors(reactor, lambda: self.factory, lambda: self.accepting)
+        self.children = self.doors.children
         self._factory = factory
         self.accepting = True
-        self.draining = False
-        self._drained: Deferred[None] | None = None
+        self.drain = Drain(lambda: self.jobs_outstanding() + self.jobs_running())
         self.stop_listening: Callable[[], Any] | None = None
         self.on_shutdown: Callable[[], Any] | None = None
 
@@ -536,8 +536,8 @@ class JobServer(Service):
             self.durability.forget(job)
         if not job.queue.workers:
             self.registry.forget_if_unused(job.queue)
-        if self.draining:
-            self._check_drained()
+        if self.drain.draining:
+            self.drain.check()
 
     def cancel_job(self, handle: bytes) -> bool:
         """
@@ -648,31 +648,18 @@ class JobServer(Service):
         self, port: int, local_addr: str | None = None, backlog: int = 1024
     ) -> Deferred[IListeningPort]:
         """
-        Listen on a TCP port (as Gearman::Server's C{create_listening_sock};
-        callable several times).  For any other endpoint, give
-        L{factory} to C{serverFromString(...).listen}.
-
-        @param local_addr: the address to bind (default: every IPv4 one).
-        @return: a Deferred firing with the listening port.
+        Listen on a TCP port, as Gearman::Server's C{create_listening_sock}
+        (callable several times; for other endpoints, listen with
+        L{factory}).  A Deferred fires with the listening port.
         """
-        endpoint = TCP4ServerEndpoint(
-            self.reactor,  # type: ignore[arg-type]
-            port,
-            backlog=backlog,
-            interface=local_addr or "",
-        )
-        listening: Deferred[IListeningPort] = endpoint.listen(self.factory)
-        return listening
+        return self.doors.listen_tcp(port, local_addr, backlog)
 
-    def to_inprocess_server(self) -> Any:
+    def to_inprocess_server(self) -> socket.socket:
         """
         A connected, blocking socket to this server for code outside
-        Twisted (a thread, a program given the descriptor), as
-        Gearman::Server's C{to_inprocess_server}.  The reactor must provide
-        C{IReactorSocket}.
+        Twisted, as Gearman::Server's C{to_inprocess_server}.
         """
-        self._check_accepting()
-        return socket_to(self.reactor, self.factory, "in-process")  # type: ignore[arg-type]
+        return self.doors.socket()
 
     def start_worker(
         self, argv: Sequence[str] | str, env: Mapping[str, str] | None = None
@@ -680,61 +667,29 @@ class JobServer(Service):
         """
         Start a worker program as a child speaking Gearman on its standard
         input and output (C{GEARMAN_WORKER_USE_STDIO=1}), as
-        Gearman::Server's C{start_worker}.  Its standard error and its exit
-        are logged; the jobs it held then go to another worker.
-
-        @return: the child's pid and the server's connection to it.
+        Gearman::Server's C{start_worker}: its pid and connection.
         """
-        self._check_accepting()
-        pid, connection, watcher = spawn_with_socket(self.reactor, self.factory, argv, env)
-        self.children[pid] = watcher
-        watcher.ended.addBoth(_forget_child, self.children, pid)
+        pid, connection, _ = self.doors.start_worker(argv, env)
         return pid, connection
-
-    def _check_accepting(self) -> None:
-        if not self.accepting:
-            raise ConnectionRefusedError("the job server does not accept connections")
 
     # -- shutdown -------------------------------------------------------
 
     def shutdown(self, graceful: bool = False) -> Deferred[None]:
         """
-        End the server (admin C{shutdown}).  At once, or - C{graceful} -
+        End the server (admin C{shutdown}): at once, or - C{graceful} -
         after closing the listening ports and refusing new connections,
         once every queued and running job has finished.  Then
-        L{on_shutdown} is called.
-
-        @return: a Deferred that fires when L{on_shutdown} has been called.
+        L{on_shutdown} is called; the Deferred fires when it has been.
         """
+        self.accepting = False
         if not graceful:
-            self.accepting = False
             return self._call_on_shutdown()
-        if self._drained is None:
-            self.draining = True
-            self.accepting = False
-            self._drained = Deferred()
-            self._drained.addCallback(lambda _: self._call_on_shutdown())
-            self.log.info("Graceful shutdown: draining {n} jobs", n=len(self.table))
-            if self.stop_listening is not None:
-                maybeDeferred(self.stop_listening).addErrback(
-                    lambda f: self.log.failure("Stopping the listeners failed", f)
-                )
-            self._check_drained()
-        return self._drained
+        return self.drain.begin(len(self.table), self.stop_listening, self._call_on_shutdown)
 
     def _call_on_shutdown(self) -> Deferred[None]:
         if self.on_shutdown is not None:
             self.reactor.callLater(0, self.on_shutdown)
         return succeed(None)
-
-    def _check_drained(self) -> None:
-        d = self._drained
-        if d is None or d.called:
-            return
-        if self.jobs_outstanding() or self.jobs_running():
-            return
-        self.log.info("Graceful shutdown: no job left")
-        d.callback(None)
 
 
 def _cancel(job: Job) -> None:
@@ -743,11 +698,6 @@ def _cancel(job: Job) -> None:
         if timer.active():
             timer.cancel()
         job.timer = None
-
-
-def _forget_child(result: object, children: dict[int, WorkerProcess], pid: int) -> object:
-    children.pop(pid, None)
-    return result
 
 
 def _not_held(worker: Participant, handle: bytes, text: bytes, final: bool = True) -> Job | None:

@@ -68,6 +68,8 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.schedule": MODEL,
     "txgearmand.durability": MODEL,
     "txgearmand.workers": MODEL,
+    "txgearmand.doors": MODEL,
+    "txgearmand.drain": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
     # 3: adapters.
