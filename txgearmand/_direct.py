@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["direct_socket", "write"]
+__all__ = ["buffered", "direct_socket", "write"]
 
 
 def direct_socket(transport: object) -> socket.socket | None:
@@ -35,11 +35,14 @@ def direct_socket(transport: object) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def write(transport: Any, sock: socket.socket | None, data: bytes) -> None:
+def write(transport: Any, sock: socket.socket | None, data: bytes) -> bool:
     """
     Write C{data}: straight to C{sock} (from L{direct_socket}) when the
     transport has nothing buffered, the rest (or all) through the
     transport.
+
+    @return: whether any of it went through the transport (and may wait
+        in its buffer): then the caller looks at L{buffered}.
     """
     if (
         sock is not None
@@ -54,6 +57,33 @@ def write(transport: Any, sock: socket.socket | None, data: bytes) -> None:
             # buffers the data, or finds out.
             sent = 0
         if sent == len(data):
-            return
+            return False
         data = data[sent:]
     transport.write(data)
+    return True
+
+
+def buffered(transport: Any) -> int:
+    """
+    How many bytes written to C{transport} have not reached the kernel:
+    Twisted's TCP and UNIX transports, and wrappers around them (TLS)
+    that keep the wrapped one as C{transport}; 0 for anything else.
+    """
+    total = 0
+    for _ in range(4):
+        if isinstance(transport, tcp.Connection):
+            data = getattr(transport, "dataBuffer", b"")
+            return (
+                total
+                + len(data)
+                - getattr(transport, "offset", 0)
+                + getattr(transport, "_tempDataLen", 0)
+            )
+        # TLS holds application data until its handshake is done.
+        waiting = getattr(transport, "_appSendBuffer", None)
+        if waiting:
+            total += sum(len(chunk) for chunk in waiting)
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return total

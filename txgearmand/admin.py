@@ -203,6 +203,13 @@ def _shutdown(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     return b"OK\n"
 
 
+def _limits(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
+    # txgearmand's own: "NAME\tVALUE" lines (bytes, counts), then ".".
+    lines = [b"%s\t%d\n" % (name.encode("ascii"), value) for name, value in server.guard.report()]
+    lines.append(_END)
+    return b"".join(lines)
+
+
 #: Command word (lower case) to the function that builds its reply.
 COMMANDS: dict[bytes, Callable[[JobServer, IPeer, list[bytes]], bytes]] = {
     b"status": _status,
@@ -219,6 +226,7 @@ COMMANDS: dict[bytes, Callable[[JobServer, IPeer, list[bytes]], bytes]] = {
     b"jobs": _jobs,
     b"clients": _clients,
     b"shutdown": _shutdown,
+    b"limits": _limits,
 }
 
 

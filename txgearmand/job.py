@@ -13,6 +13,7 @@ from txgearmand.records import HIGH, LOW, NORMAL, Job, JobState, Priority
 
 __all__ = [
     "HIGH",
+    "JOB_OVERHEAD",
     "LOW",
     "MAX_HANDLE_PREFIX",
     "NORMAL",
@@ -20,8 +21,22 @@ __all__ = [
     "JobState",
     "JobTable",
     "Priority",
+    "cost",
     "default_handle_prefix",
 ]
+
+
+#: Bytes a job costs beyond its payload and unique id (its record, its
+#: handle, its index entries), measured on CPython 3.11 with tracemalloc.
+JOB_OVERHEAD = 600
+
+
+def cost(job: Job) -> int:
+    """
+    What a job costs in memory, roughly: its payload and unique id, and
+    L{JOB_OVERHEAD}.
+    """
+    return len(job.data) + len(job.unique) + JOB_OVERHEAD
 
 
 class JobTable:
@@ -32,6 +47,8 @@ class JobTable:
 
     @ivar by_handle: every live job by its handle, oldest first.
     @ivar prefix: handles are C{<prefix>:<n>}.
+    @ivar held_bytes: what the live jobs cost in memory, as
+        L{cost} counts it (the memory budget's share for jobs).
     """
 
     def __init__(self, prefix: bytes | None = None) -> None:
@@ -39,6 +56,7 @@ class JobTable:
             prefix = default_handle_prefix()
         self.prefix = prefix
         self.by_handle: dict[bytes, Job] = {}
+        self.held_bytes = 0
         self._counter = 0
         self._uniques: dict[bytes, dict[bytes, Job]] = {}
         self._payload_uniques: dict[tuple[bytes, bytes], Job] = {}
@@ -73,6 +91,7 @@ class JobTable:
         Index a new job by handle and, if it has one, by unique id.
         """
         self.by_handle[job.handle] = job
+        self.held_bytes += cost(job)
         if job.unique:
             self.index_unique(job)
 
@@ -82,6 +101,7 @@ class JobTable:
         """
         if self.by_handle.get(job.handle) is job:
             del self.by_handle[job.handle]
+            self.held_bytes -= cost(job)
         self.unindex_unique(job)
 
     def get(self, handle: bytes) -> Job | None:

@@ -77,6 +77,12 @@ class GearmanProtocol(Protocol):
         self._socket: socket.socket | None = None
         self._peer: IAddress | None = None
         self.label: str | None = None
+        self._guard = server.guard
+        self._settings = server.settings
+        #: Bytes the incomplete message holds against the memory budget.
+        self._reserved = 0
+        #: When the unsent output went over the soft limit, if it is.
+        self._soft_since: float | None = None
 
     def __repr__(self) -> str:
         return f"<GearmanProtocol {self.describe()}>"
@@ -89,6 +95,7 @@ class GearmanProtocol(Protocol):
         """
         transport = self.transport
         assert transport is not None
+        self._guard.connected()
         self._peer = transport.getPeer()
         if isinstance(self._peer, (IPv4Address, IPv6Address)):
             # Small request/reply packets: Nagle's algorithm would hold
@@ -98,6 +105,8 @@ class GearmanProtocol(Protocol):
                 transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
             except (AttributeError, OSError):
                 pass
+            if self._settings.tcp_keepalive:
+                _keep_alive(transport, self._settings.tcp_keepalive)
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._socket = _direct.direct_socket(transport)
         if self._socket is not None:
@@ -123,7 +132,8 @@ class GearmanProtocol(Protocol):
         batch.depth += 1
         try:
             parser = self._parser
-            for ptype, body in parser.feed(data):
+            messages = parser.feed(data)
+            for ptype, body in messages:
                 if self.closed:
                     break
                 try:
@@ -132,8 +142,13 @@ class GearmanProtocol(Protocol):
                     self.send_error(e.code, e.text)
                 except Exception:
                     self._internal_error(ptype)
-            if parser.error is not None and not self.closed:
-                self._framing_error(parser.error)
+            if parser.error is not None:
+                if not self.closed:
+                    self._framing_error(parser.error)
+            elif self._reserved or parser.buffered():
+                # Fast path: a read that ends where a message ends, after
+                # one that did too, never reaches the guard.
+                self._incomplete(bool(messages))
         finally:
             batch.depth -= 1
             if not batch.depth:
@@ -146,6 +161,8 @@ class GearmanProtocol(Protocol):
         self.closed = True
         self._out = []
         self._held = None
+        self._guard.disconnected(self, self._reserved)
+        self._reserved = 0
         self.log.debug("Connection from {peer} closed", peer=self.describe())
         with self._batch:
             self.server.note_disconnected_client(self.participant)
@@ -165,6 +182,7 @@ class GearmanProtocol(Protocol):
         self.paused = False
         if self.transport is not None and not self.closed and self.server.ready:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self.check_output()
 
     def stopProducing(self) -> None:
         """
@@ -197,8 +215,8 @@ class GearmanProtocol(Protocol):
             if not out:
                 batch.mark_dirty(self)
             out.append(data)
-        else:
-            _direct.write(self.transport, self._socket, data)
+        elif _direct.write(self.transport, self._socket, data):
+            self.check_output()
 
     def reply_when_committed(self, job: Job) -> None:
         """
@@ -255,7 +273,8 @@ class GearmanProtocol(Protocol):
         self._out = []
         if self.closed or self.transport is None:
             return
-        _direct.write(self.transport, self._socket, out[0] if len(out) == 1 else b"".join(out))
+        if _direct.write(self.transport, self._socket, out[0] if len(out) == 1 else b"".join(out)):
+            self.check_output()
 
     def close(self) -> None:
         """
@@ -267,6 +286,108 @@ class GearmanProtocol(Protocol):
         self.flush()
         self.transport.unregisterProducer()  # type: ignore[attr-defined]
         self.transport.loseConnection()
+
+    # -- the guard (Guarded) --------------------------------------------
+
+    def _incomplete(self, completed: bool) -> None:
+        """
+        An incomplete message is held (or was, before this read): reserve
+        what it declares against the memory budget, and watch it for the
+        read timeout.
+
+        @param completed: whether this read completed a message, so that
+            what is held now is a new one.
+        """
+        parser = self._parser
+        guard = self._guard
+        size, in_body = parser.incomplete()
+        old = self._reserved
+        if size > old:
+            if not guard.reserve(self, size - old):
+                guard.unreserve(old)
+                self._reserved = 0
+                guard.forget_stall(self)
+                parser.stop(
+                    wire.WireError(
+                        b"QUEUE_ERROR",
+                        b"Server is over its memory budget: packet of %d bytes refused" % size,
+                    )
+                )
+                assert parser.error is not None
+                self._framing_error(parser.error)
+                return
+        else:
+            guard.unreserve(old - size)
+        self._reserved = size
+        if not size:
+            guard.forget_stall(self)
+            return
+        timeout = self._settings.read_timeout
+        if timeout and (in_body or completed or not old):
+            # A header or a line must be whole within the timeout of its
+            # first byte; a body must not go that long without a byte.
+            guard.watch_stall(self, self.server.reactor.seconds() + timeout)
+
+    def stalled(self) -> None:
+        """
+        What the peer began to send stayed incomplete past the read
+        timeout (the guard logs it): close the connection.
+        """
+        self._abort()
+
+    def check_output(self) -> None:
+        """
+        Measure the unsent output, tell the guard, and close the
+        connection if it is over the hard output limit, or has stayed over
+        the soft one for its time.
+        """
+        if self.closed or self.transport is None:
+            self._guard.note_output(self, 0)
+            return
+        pending = _direct.buffered(self.transport)
+        self._guard.note_output(self, pending)
+        settings = self._settings
+        hard = settings.output_hard_limit
+        if hard and pending > hard:
+            self._over_output_limit("hard", hard, pending)
+            return
+        soft = settings.output_soft_limit
+        if soft and pending > soft:
+            now = self.server.reactor.seconds()
+            if self._soft_since is None:
+                self._soft_since = now
+            elif now - self._soft_since >= settings.output_soft_seconds:
+                self._over_output_limit("soft", soft, pending)
+        else:
+            self._soft_since = None
+
+    def _over_output_limit(self, kind: str, limit: int, pending: int) -> None:
+        self._guard.counts["closed_output_" + kind] += 1
+        self.log.warn(
+            "Closing {peer}: it does not read what it is sent ({pending} bytes unsent,"
+            " over the {kind} output limit of {limit}); it no longer waits for its jobs",
+            peer=self.describe(),
+            pending=pending,
+            kind=kind,
+            limit=limit,
+        )
+        self._abort()
+
+    def _abort(self) -> None:
+        """
+        Close now, dropping what is unsent (the peer is not reading it).
+        """
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        self._closing = True
+        self._out = []
+        self._guard.note_output(self, 0)
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.loseConnection()
 
     # -- describing the peer (IPeer) ------------------------------------
 
@@ -361,6 +482,27 @@ class GearmanProtocol(Protocol):
             self.send_packet(_JOB_CREATED, job.handle)
         else:
             self.reply_when_committed(job)
+
+
+def _keep_alive(transport: object, seconds: float) -> None:
+    """
+    Turn on TCP keep-alive: after C{seconds} of silence, probe the peer
+    (every C{seconds} up to 30 s, four times) so a dead one is found.
+    """
+    try:
+        sock = transport.getHandle()  # type: ignore[attr-defined]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle = max(1, int(seconds))
+        for name, value in (
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", min(idle, 30)),
+            ("TCP_KEEPCNT", 4),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except (AttributeError, OSError):
+        pass
 
 
 def _ignore(failure: Failure) -> None:
@@ -637,6 +779,9 @@ class GearmanServerFactory(ServerFactory):
         A new connection's protocol, or L{None} to refuse it.
         """
         if not self.job_server.accepting:
+            return None
+        if not self.job_server.guard.room_for_connection():
+            # Closed at once; those already open keep being served.
             return None
         protocol = GearmanProtocol(self.job_server)
         protocol.factory = self

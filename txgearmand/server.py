@@ -31,8 +31,9 @@ from txgearmand.doors import Doors
 from txgearmand.drain import Drain
 from txgearmand.durability import Durability
 from txgearmand.functions import FunctionRegistry
+from txgearmand.guard import Guard
 from txgearmand.interfaces import IJobStore, IPeer
-from txgearmand.job import HIGH, LOW, NORMAL, Job, JobState, JobTable
+from txgearmand.job import HIGH, JOB_OVERHEAD, LOW, NORMAL, Job, JobState, JobTable
 from txgearmand.records import FunctionQueue, Participant
 from txgearmand.schedule import Schedule
 from txgearmand.settings import Settings, limits_of
@@ -81,6 +82,8 @@ class JobServer(Service):
     @ivar pid: the process id C{getpid} reports.
     @ivar doors: the L{Doors} it opens itself (port, socket, child worker).
     @ivar children: the workers it started that still run, by pid.
+    @ivar guard: the L{Guard}: memory budget, read timeouts, output and
+        connection limits.
     """
 
     log = _log.logger("txgearmand.server.JobServer")
@@ -118,6 +121,7 @@ class JobServer(Service):
         self.output = OutputBatch(reactor)
         self.durability = Durability(store, self.output, self._finish)
         self.output.before_flush = self.durability.flush
+        self.guard = Guard(reactor, self.settings, self.table)
         self._schedule = Schedule(reactor, self._release_due)
         self.workers = Workers(reactor, self.settings, self.registry, self.output, self._take_back)
         self._participants: dict[Participant, None] = {}
@@ -152,6 +156,7 @@ class JobServer(Service):
         """
         super().startService()
         self.accepting = True
+        self.guard.start()
         _log.set_level(self.settings.verbose)
         s = self.settings
         self.log.info(
@@ -202,6 +207,7 @@ class JobServer(Service):
         for job in self.table.by_handle.values():
             _cancel(job)
         self._schedule.stop()
+        self.guard.stop()
         return self.durability.close()
 
     # -- participants (Gearman::Server's "clients") ---------------------
@@ -373,8 +379,19 @@ class JobServer(Service):
         if function in registry.limits_by_name:
             registry.check_room(fq, priority)
         table = self.table
+        # Fast path: under the guard's alarm, the budget costs one sum.
+        guard = self.guard
+        size = len(data) + len(unique) + JOB_OVERHEAD
+        if table.held_bytes + guard.partial + guard.output + size > guard.alarm:
+            if not guard.admit(size):
+                guard.refused("submissions")
+                raise GearmanError(
+                    b"QUEUE_ERROR",
+                    b"Server is over its memory budget; try again later or elsewhere",
+                )
         job = Job(table.new_handle(), fq, unique, data, priority, background, reducer, when)
         table.by_handle[job.handle] = job
+        table.held_bytes += size
         if unique:
             table.index_unique(job)
         if background:
@@ -527,11 +544,13 @@ class JobServer(Service):
         last thing keeping it, its function.
         """
         # Fast path: skip the calls that would find nothing to do.
-        by_handle = self.table.by_handle
+        table = self.table
+        by_handle = table.by_handle
         if by_handle.get(job.handle) is job:
             del by_handle[job.handle]
+            table.held_bytes -= len(job.data) + len(job.unique) + JOB_OVERHEAD
         if job.coalesce_key is not None:
-            self.table.unindex_unique(job)
+            table.unindex_unique(job)
         if job.store_id is not None:
             self.durability.forget(job)
         if not job.queue.workers:

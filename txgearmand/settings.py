@@ -13,7 +13,7 @@ from typing import Union
 
 import attrs
 
-from txgearmand import _log, wire
+from txgearmand import _host, _log, wire
 from txgearmand.job import MAX_HANDLE_PREFIX, default_handle_prefix
 
 __all__ = [
@@ -88,6 +88,18 @@ def _upper(value: str) -> str:
     return value.upper()
 
 
+#: The default hard output limit: room for two of the largest packets.
+_MIN_DEFAULT_HARD_LIMIT = 128 * 1024**2
+
+
+def _default_hard_limit(settings: Settings) -> int:
+    return max(_MIN_DEFAULT_HARD_LIMIT, 2 * (settings.max_packet_size + wire.HEADER_SIZE))
+
+
+def _default_max_memory() -> int:
+    return _host.default_max_memory()
+
+
 @attrs.frozen
 class Settings:
     """
@@ -113,6 +125,26 @@ class Settings:
     @ivar admin_shutdown: who may use the admin C{shutdown} command, one of
         L{ADMIN_SHUTDOWN_POLICIES}.
     @ivar verbose: the log level, a C gearmand level name.
+    @ivar max_memory: the memory budget in bytes (C{0}: none): payloads of
+        the jobs held, partial packets and unsent output.  Above it,
+        submissions are refused with C{QUEUE_ERROR}, and so are partial
+        packets that would cross it (their connection is closed).
+        Default: L{_host.DEFAULT_SHARE} of the machine's (or container's)
+        memory.
+    @ivar output_hard_limit: a connection whose unsent output passes this
+        many bytes is closed at once (C{0}: never).  Default: 128 MiB, or
+        twice the largest packet if that is more.
+    @ivar output_soft_limit: a connection whose unsent output stays above
+        this many bytes for L{output_soft_seconds} is closed (C{0}: never).
+    @ivar output_soft_seconds: see L{output_soft_limit}.
+    @ivar read_timeout: seconds a packet header or an admin line may stay
+        incomplete, and a packet body may go without new bytes, before its
+        connection is closed (C{0}: forever).  Idle connections are never
+        closed for it.
+    @ivar tcp_keepalive: seconds of silence after which TCP keep-alive
+        probes look for a dead peer (C{0}: no keep-alive).
+    @ivar max_connections: connections served at once (C{0}: no limit);
+        more are closed as they arrive.
     """
 
     wakeup: int = 3
@@ -125,6 +157,15 @@ class Settings:
     timeout_unit: str = "milliseconds"
     admin_shutdown: str = "local"
     verbose: str = attrs.field(default="INFO", converter=_upper)
+    max_memory: int = attrs.field(factory=_default_max_memory)
+    output_hard_limit: int = attrs.field(
+        default=attrs.Factory(_default_hard_limit, takes_self=True)
+    )
+    output_soft_limit: int = 16 * 1024**2
+    output_soft_seconds: float = 60.0
+    read_timeout: float = 60.0
+    tcp_keepalive: float = 120.0
+    max_connections: int = 0
 
     def __attrs_post_init__(self) -> None:
         _check("wakeup", self.wakeup >= -1, "must be -1 (all), 0 (none) or a count")
@@ -149,6 +190,23 @@ class Settings:
             "must be one of " + ", ".join(ADMIN_SHUTDOWN_POLICIES),
         )
         _check("verbose", self.verbose in _log.LEVELS, "must be one of " + ", ".join(_log.LEVELS))
+        _check("max_memory", self.max_memory >= 0, "must be 0 (no budget) or a size")
+        hard = self.output_hard_limit
+        _check(
+            "output_hard_limit",
+            hard == 0 or hard > self.max_packet_size + wire.HEADER_SIZE,
+            "must be 0 (none) or more than the largest packet (max_packet_size)",
+        )
+        soft = self.output_soft_limit
+        _check(
+            "output_soft_limit",
+            soft >= 0 and (hard == 0 or soft <= hard),
+            "must be 0 (none) or a size up to output_hard_limit",
+        )
+        _check("output_soft_seconds", self.output_soft_seconds >= 0, "must be seconds >= 0")
+        _check("read_timeout", self.read_timeout >= 0, "must be 0 (none) or seconds")
+        _check("tcp_keepalive", self.tcp_keepalive >= 0, "must be 0 (off) or seconds")
+        _check("max_connections", self.max_connections >= 0, "must be 0 (no limit) or a count")
 
     def timeout_seconds(self, value: float) -> float | None:
         """

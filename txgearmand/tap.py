@@ -9,12 +9,13 @@ import gc
 import re
 from typing import Any
 
+import attrs
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.python import usage
 
-from txgearmand import _log, store
+from txgearmand import _host, _log, store
 from txgearmand.protocol import GearmanServerFactory
 from txgearmand.server import JobServer
 from txgearmand.settings import ADMIN_SHUTDOWN_POLICIES, Settings, SettingsError
@@ -32,6 +33,26 @@ _TIMEOUT_UNITS = {
     "second": "seconds",
     "seconds": "seconds",
 }
+
+
+def parse_memory(value: str) -> int:
+    """
+    A memory budget: a size (see L{parse_size}) or a percentage of the
+    memory available (C{40%}).
+    """
+    text = value.strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"not a size or a percentage: {value!r}") from None
+        if not 0 < share <= 100:
+            raise ValueError(f"a percentage must be above 0 and at most 100: {value!r}")
+        available = _host.memory_available()
+        if available is None:
+            return _host.FALLBACK_MAX_MEMORY
+        return int(available * share / 100)
+    return parse_size(text)
 
 
 def parse_size(value: str) -> int:
@@ -130,6 +151,61 @@ class Options(usage.Options):
             "INFO",
             "Log level: FATAL, ALERT, CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG.",
         ],
+        [
+            "max-memory",
+            None,
+            "40%",
+            "Memory budget: payloads of the jobs held, partial packets and unsent "
+            "output (a size, a percentage of the machine's or container's memory, or "
+            "0 for none). Above it, submissions get ERROR QUEUE_ERROR and large "
+            "partial packets are refused.",
+        ],
+        [
+            "output-hard-limit",
+            None,
+            None,
+            "Close a connection at once when its unsent output passes this size "
+            "(0: never) [default: 128M, or twice --max-packet-size if more].",
+        ],
+        [
+            "output-soft-limit",
+            None,
+            "16M",
+            "Close a connection whose unsent output stays above this size for "
+            "--output-soft-seconds (0: never).",
+        ],
+        [
+            "output-soft-seconds",
+            None,
+            60.0,
+            "See --output-soft-limit.",
+            float,
+        ],
+        [
+            "read-timeout",
+            None,
+            60.0,
+            "Close a connection whose packet header or admin line stays incomplete "
+            "this many seconds, or whose packet body gets no byte for as long "
+            "(0: never). Idle connections are never closed.",
+            float,
+        ],
+        [
+            "tcp-keepalive",
+            None,
+            120.0,
+            "Seconds of silence after which TCP keep-alive probes look for a dead peer (0: off).",
+            float,
+        ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Connections served at once (0: as many as the open file limit "
+            "allows); more are closed as they arrive. The open file limit is "
+            "raised to fit, where allowed.",
+            int,
+        ],
     ]
 
     compData = usage.Completions(
@@ -184,10 +260,21 @@ class Options(usage.Options):
         """
         if not self["ports"]:
             self["ports"].append("tcp:4730")
+        sizes: dict[str, Any] = {}
+        for option in ("max-packet-size", "output-soft-limit", "output-hard-limit"):
+            if self[option] is not None:
+                try:
+                    sizes[option] = parse_size(str(self[option]))
+                except ValueError as e:
+                    raise usage.UsageError(f"--{option}: {e}") from None
         try:
-            size = parse_size(str(self["max-packet-size"]))
+            sizes["max-memory"] = parse_memory(str(self["max-memory"]))
         except ValueError as e:
-            raise usage.UsageError(f"--max-packet-size: {e}") from None
+            raise usage.UsageError(f"--max-memory: {e}") from None
+        size = sizes["max-packet-size"]
+        extra: dict[str, Any] = {}
+        if "output-hard-limit" in sizes:
+            extra["output_hard_limit"] = sizes["output-hard-limit"]
         unit = _TIMEOUT_UNITS.get(str(self["timeout-unit"]).lower(), self["timeout-unit"])
         prefix = self["job-handle-prefix"]
         try:
@@ -202,12 +289,22 @@ class Options(usage.Options):
                 timeout_unit=unit,
                 admin_shutdown=self["admin-shutdown"],
                 verbose=str(self["verbose"]),
+                max_memory=sizes["max-memory"],
+                output_soft_limit=sizes["output-soft-limit"],
+                output_soft_seconds=self["output-soft-seconds"],
+                read_timeout=self["read-timeout"],
+                tcp_keepalive=self["tcp-keepalive"],
+                max_connections=self["max-connections"],
+                **extra,
             )
         except SettingsError as e:
             option = "--" + e.setting.replace("_", "-")
             raise usage.UsageError(f"{option} {e.reason}") from None
         settings = self["settings"]
         self["max-packet-size"] = settings.max_packet_size
+        self["max-memory"] = settings.max_memory
+        self["output-hard-limit"] = settings.output_hard_limit
+        self["output-soft-limit"] = settings.output_soft_limit
         self["timeout-unit"] = settings.timeout_unit
         self["verbose"] = settings.verbose
         self["job-handle-prefix"] = settings.job_handle_prefix.decode("utf-8")
@@ -272,6 +369,48 @@ class GearmandService(MultiService):
         return d.addCallback(lambda _: None)
 
 
+#: Open files kept for what is not a connection: the store, logs, children.
+RESERVED_FILES = 64
+#: With no --max-connections, ask for this many open files at most.
+AUTO_CONNECTIONS = 65536
+
+
+def fit_open_files(settings: Settings) -> Settings:
+    """
+    Raise the process's open file limit to fit C{settings.max_connections}
+    (or up to L{AUTO_CONNECTIONS} when it is 0) where the hard limit allows,
+    and return the settings with the connection limit the process can
+    really serve; say both in the log.
+    """
+    asked = settings.max_connections
+    before, soft, hard = _host.raise_open_files((asked or AUTO_CONNECTIONS) + RESERVED_FILES)
+    if soft < 0:
+        return settings
+    room = max(soft - RESERVED_FILES, 1)
+    serve = asked if asked and asked <= room else room
+    if asked and asked > room:
+        _LOG.warn(
+            "--max-connections {asked} does not fit the open file limit ({soft}, hard"
+            " limit {hard}); serving at most {serve} connections",
+            asked=asked,
+            soft=soft,
+            hard=hard,
+            serve=serve,
+        )
+    _LOG.info(
+        "Open file limit {soft} (was {before}, hard limit {hard}); serving at most"
+        " {serve} connections",
+        soft=soft,
+        before=before,
+        hard="unlimited" if hard < 0 else hard,
+        serve=serve,
+    )
+    return attrs.evolve(settings, max_connections=serve)
+
+
+_LOG = _log.logger("txgearmand.tap")
+
+
 def makeService(options: Options, reactor: Any = None) -> GearmandService:
     """
     Build the service tree of C{twistd gearmand}.
@@ -282,6 +421,7 @@ def makeService(options: Options, reactor: Any = None) -> GearmandService:
         reactor = _reactor
     settings: Settings = options["settings"]
     _log.set_level(settings.verbose)
+    settings = fit_open_files(settings)
     # A job server holds many long-lived objects (jobs); with the default
     # thresholds the cyclic collector walks them so often that it halves
     # throughput.  Jobs rarely form cycles: collect young objects less often.

@@ -334,6 +334,25 @@ class PacketParser:
         """
         return self._have
 
+    def incomplete(self) -> tuple[int, bool]:
+        """
+        What the incomplete message will take once whole: its full size if
+        its header says (else the bytes held), and whether its header is
+        complete (so that what is missing is a packet body).
+        """
+        if self._line_mode or not self._pending:
+            return (self._have, False)
+        return (max(self._need, self._have), self._need > HEADER_SIZE)
+
+    def stop(self, error: WireError) -> None:
+        """
+        Stop parsing, dropping what is held: every later C{feed} returns
+        nothing, and L{error} says why.
+        """
+        self.error = error
+        self._pending = []
+        self._have = 0
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """
         Take more bytes; return the messages they complete.

@@ -57,6 +57,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand._version": LEAVES,
     "txgearmand._socketpair": LEAVES,
     "txgearmand._direct": LEAVES,
+    "txgearmand._host": LEAVES,
     "txgearmand.endpoints": LEAVES,
     # (txgearmand.store and txgearmand.store.*: see STORE_PACKAGE.)
     # 1: the model.
@@ -70,6 +71,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.workers": MODEL,
     "txgearmand.doors": MODEL,
     "txgearmand.drain": MODEL,
+    "txgearmand.guard": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
     # 3: adapters.
