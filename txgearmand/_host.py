@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def rss_bytes(pid: int | None = None) -> int | None:
 
 
 def _load_trim() -> object | None:
-    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return None
     name = ctypes.util.find_library("c") or "libc.so.6"
     try:
@@ -103,6 +104,7 @@ def _load_trim() -> object | None:
 
 
 _trim = _load_trim()
+_PYPY = sys.implementation.name == "pypy"
 
 
 def release_to_os() -> bool:
@@ -117,8 +119,12 @@ def release_to_os() -> bool:
     pages in the middle of the heap, which the heap's automatic trimming
     (top only) never does.
     """
+    if _PYPY:
+        # PyPy frees large objects only when its collector runs, which may
+        # be long after a spike: run it first.
+        gc.collect()
     if _trim is None:
-        return False
+        return _PYPY
     _trim(0)  # type: ignore[operator]
     return True
 

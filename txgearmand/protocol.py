@@ -34,6 +34,7 @@ _JOB_CREATED = PacketType.JOB_CREATED
 _RUNNING = JobState.RUNNING
 _WHITESPACE = re.compile(rb"\s+")
 _MAX_CLIENT_ID = 127
+_CLOSED = wire.WireError(b"CLOSED", b"The connection is closed")
 
 
 @implementer(IPushProducer, IPeer)
@@ -161,11 +162,16 @@ class GearmanProtocol(Protocol):
         self.closed = True
         self._out = []
         self._held = None
+        # The participant and the protocol point at each other, so only the
+        # cyclic collector frees them: drop a partial packet now.
+        self._parser.stop(_CLOSED)
         self._guard.disconnected(self, self._reserved)
         self._reserved = 0
         self.log.debug("Connection from {peer} closed", peer=self.describe())
         with self._batch:
             self.server.note_disconnected_client(self.participant)
+        # And its transport, which may hold unsent output up to the limits.
+        self.transport = None
 
     def pauseProducing(self) -> None:
         """
