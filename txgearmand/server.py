@@ -373,11 +373,6 @@ class JobServer(Service):
                     # One entry per submission, as both peers do.
                     job.add_listener(client)
                 return job
-        # Fast path: a known function without limits costs two dict lookups.
-        registry = self.registry
-        fq = registry.by_name.get(function) or registry.function(function)
-        if function in registry.limits_by_name:
-            registry.check_room(fq, priority)
         table = self.table
         # Fast path: under the guard's alarm, the budget costs one sum.
         guard = self.guard
@@ -389,6 +384,11 @@ class JobServer(Service):
                     b"QUEUE_ERROR",
                     b"Server is over its memory budget; try again later or elsewhere",
                 )
+        # Fast path: a known function without limits costs two dict lookups.
+        registry = self.registry
+        fq = registry.by_name.get(function) or registry.function(function)
+        if function in registry.limits_by_name:
+            registry.check_room(fq, priority)
         job = Job(table.new_handle(), fq, unique, data, priority, background, reducer, when)
         table.by_handle[job.handle] = job
         table.held_bytes += size
