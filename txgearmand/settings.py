@@ -96,6 +96,12 @@ def _default_hard_limit(settings: Settings) -> int:
     return max(_MIN_DEFAULT_HARD_LIMIT, 2 * (settings.max_packet_size + wire.HEADER_SIZE))
 
 
+def _default_soft_limit(settings: Settings) -> int:
+    soft = 16 * 1024**2
+    hard = settings.output_hard_limit
+    return min(soft, hard) if hard else soft
+
+
 def _default_max_memory() -> int:
     return _host.default_max_memory()
 
@@ -136,6 +142,7 @@ class Settings:
         twice the largest packet if that is more.
     @ivar output_soft_limit: a connection whose unsent output stays above
         this many bytes for L{output_soft_seconds} is closed (C{0}: never).
+        Default: 16 MiB, or the hard limit if that is less.
     @ivar output_soft_seconds: see L{output_soft_limit}.
     @ivar read_timeout: seconds a packet header or an admin line may stay
         incomplete, and a packet body may go without new bytes, before its
@@ -161,7 +168,9 @@ class Settings:
     output_hard_limit: int = attrs.field(
         default=attrs.Factory(_default_hard_limit, takes_self=True)
     )
-    output_soft_limit: int = 16 * 1024**2
+    output_soft_limit: int = attrs.field(
+        default=attrs.Factory(_default_soft_limit, takes_self=True)
+    )
     output_soft_seconds: float = 60.0
     read_timeout: float = 60.0
     tcp_keepalive: float = 120.0

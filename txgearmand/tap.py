@@ -170,9 +170,9 @@ class Options(usage.Options):
         [
             "output-soft-limit",
             None,
-            "16M",
+            None,
             "Close a connection whose unsent output stays above this size for "
-            "--output-soft-seconds (0: never).",
+            "--output-soft-seconds (0: never) [default: 16M, or the hard limit if less].",
         ],
         [
             "output-soft-seconds",
@@ -275,6 +275,8 @@ class Options(usage.Options):
         extra: dict[str, Any] = {}
         if "output-hard-limit" in sizes:
             extra["output_hard_limit"] = sizes["output-hard-limit"]
+        if "output-soft-limit" in sizes:
+            extra["output_soft_limit"] = sizes["output-soft-limit"]
         unit = _TIMEOUT_UNITS.get(str(self["timeout-unit"]).lower(), self["timeout-unit"])
         prefix = self["job-handle-prefix"]
         try:
@@ -290,7 +292,6 @@ class Options(usage.Options):
                 admin_shutdown=self["admin-shutdown"],
                 verbose=str(self["verbose"]),
                 max_memory=sizes["max-memory"],
-                output_soft_limit=sizes["output-soft-limit"],
                 output_soft_seconds=self["output-soft-seconds"],
                 read_timeout=self["read-timeout"],
                 tcp_keepalive=self["tcp-keepalive"],

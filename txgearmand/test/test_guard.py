@@ -58,6 +58,8 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(s.tcp_keepalive, 120)
         self.assertEqual(s.max_connections, 0)
         self.assertEqual(Settings(max_packet_size=1024).output_hard_limit, 128 * 1024**2)
+        small = Settings(max_packet_size=1024, output_hard_limit=4096)
+        self.assertEqual(small.output_soft_limit, 4096)
 
     def test_bad(self) -> None:
         """
