@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["buffered", "direct_socket", "write"]
+__all__ = ["buffered", "direct_socket", "measurable", "write"]
 
 
 def direct_socket(transport: object) -> socket.socket | None:
@@ -61,6 +61,20 @@ def write(transport: Any, sock: socket.socket | None, data: bytes) -> bool:
         data = data[sent:]
     transport.write(data)
     return True
+
+
+def measurable(transport: Any) -> bool:
+    """
+    Whether L{buffered} can see what C{transport} holds: a Twisted TCP or
+    UNIX transport, or a wrapper (TLS) around one.
+    """
+    for _ in range(4):
+        if isinstance(transport, tcp.Connection):
+            return True
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return False
 
 
 def buffered(transport: Any) -> int:

@@ -84,6 +84,7 @@ class GearmanProtocol(Protocol):
         self._reserved = 0
         #: When the unsent output went over the soft limit, if it is.
         self._soft_since: float | None = None
+        self._measurable = False
 
     def __repr__(self) -> str:
         return f"<GearmanProtocol {self.describe()}>"
@@ -110,6 +111,9 @@ class GearmanProtocol(Protocol):
                 _keep_alive(transport, self._settings.tcp_keepalive)
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._socket = _direct.direct_socket(transport)
+        # Output limits apply where the transport's buffer can be measured;
+        # elsewhere (test and null transports) writes skip the check.
+        self._measurable = _direct.measurable(transport)
         if self._socket is not None:
             # Read up to 256 KiB at a time (Twisted's default is 64 KiB): a
             # 64 KiB job arrives in one read, not two.
@@ -146,7 +150,7 @@ class GearmanProtocol(Protocol):
             if parser.error is not None:
                 if not self.closed:
                     self._framing_error(parser.error)
-            elif self._reserved or parser.buffered():
+            elif self._reserved or parser.held:
                 # Fast path: a read that ends where a message ends, after
                 # one that did too, never reaches the guard.
                 self._incomplete(bool(messages))
@@ -221,7 +225,7 @@ class GearmanProtocol(Protocol):
             if not out:
                 batch.mark_dirty(self)
             out.append(data)
-        elif _direct.write(self.transport, self._socket, data):
+        elif _direct.write(self.transport, self._socket, data) and self._measurable:
             self.check_output()
 
     def reply_when_committed(self, job: Job) -> None:
@@ -279,7 +283,10 @@ class GearmanProtocol(Protocol):
         self._out = []
         if self.closed or self.transport is None:
             return
-        if _direct.write(self.transport, self._socket, out[0] if len(out) == 1 else b"".join(out)):
+        if (
+            _direct.write(self.transport, self._socket, out[0] if len(out) == 1 else b"".join(out))
+            and self._measurable
+        ):
             self.check_output()
 
     def close(self) -> None:

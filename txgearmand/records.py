@@ -98,6 +98,8 @@ class Job:
     @ivar commit_waiters: while the store has not yet committed the job,
         what to call (with L{None}, or the failure) once it has; else
         L{None}.
+    @ivar cost: what it counts against the memory budget while in the job
+        table (see L{txgearmand.job.cost}).
     """
 
     handle: bytes
@@ -119,6 +121,7 @@ class Job:
     coalesce_key: Optional[CoalesceKey] = None
     store_id: Optional[int] = None
     commit_waiters: Optional[list[Any]] = None
+    cost: int = 0
 
     def relay(self, ptype: int, *args: bytes) -> None:
         """

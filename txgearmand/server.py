@@ -376,7 +376,7 @@ class JobServer(Service):
         table = self.table
         # Fast path: under the guard's alarm, the budget costs one sum.
         guard = self.guard
-        size = len(data) + len(unique) + JOB_OVERHEAD
+        size = len(data) + JOB_OVERHEAD
         if table.held_bytes + guard.partial + guard.output + size > guard.alarm:
             if not guard.admit(size):
                 guard.refused("submissions")
@@ -391,6 +391,7 @@ class JobServer(Service):
             registry.check_room(fq, priority)
         job = Job(table.new_handle(), fq, unique, data, priority, background, reducer, when)
         table.by_handle[job.handle] = job
+        job.cost = size
         table.held_bytes += size
         if unique:
             table.index_unique(job)
@@ -548,7 +549,7 @@ class JobServer(Service):
         by_handle = table.by_handle
         if by_handle.get(job.handle) is job:
             del by_handle[job.handle]
-            table.held_bytes -= len(job.data) + len(job.unique) + JOB_OVERHEAD
+            table.held_bytes -= job.cost
         if job.coalesce_key is not None:
             table.unindex_unique(job)
         if job.store_id is not None:

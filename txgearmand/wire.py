@@ -296,16 +296,18 @@ class PacketParser:
     so a large body arriving in small reads costs linear time.
 
     @ivar error: the L{WireError} that stopped the parser, or L{None}.
+    @ivar held: how many bytes of an incomplete message are held (what
+        L{buffered} returns, readable without a call on a hot path).
     """
 
     __slots__ = (
-        "_have",
         "_line_mode",
         "_magic",
         "_need",
         "_other_magic",
         "_pending",
         "error",
+        "held",
         "max_line_length",
         "max_packet_size",
     )
@@ -324,7 +326,7 @@ class PacketParser:
         self.max_line_length = max_line_length
         self.error: WireError | None = None
         self._pending: list[bytes] = []
-        self._have = 0
+        self.held = 0
         self._need = 0
         self._line_mode = False
 
@@ -332,7 +334,7 @@ class PacketParser:
         """
         How many bytes of an incomplete message are held.
         """
-        return self._have
+        return self.held
 
     def incomplete(self) -> tuple[int, bool]:
         """
@@ -341,8 +343,8 @@ class PacketParser:
         complete (so that what is missing is a packet body).
         """
         if self._line_mode or not self._pending:
-            return (self._have, False)
-        return (max(self._need, self._have), self._need > HEADER_SIZE)
+            return (self.held, False)
+        return (max(self._need, self.held), self._need > HEADER_SIZE)
 
     def stop(self, error: WireError) -> None:
         """
@@ -351,7 +353,7 @@ class PacketParser:
         """
         self.error = error
         self._pending = []
-        self._have = 0
+        self.held = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """
@@ -361,17 +363,17 @@ class PacketParser:
             return []
         if self._pending:
             self._pending.append(data)
-            self._have += len(data)
+            self.held += len(data)
             if self._line_mode:
                 if b"\n" not in data:
-                    if self._have > self.max_line_length:
+                    if self.held > self.max_line_length:
                         return self._fail_line()
                     return []
-            elif self._have < self._need:
+            elif self.held < self._need:
                 return []
             data = b"".join(self._pending)
             self._pending = []
-            self._have = 0
+            self.held = 0
         out: list[tuple[int, bytes]] = []
         append = out.append
         size = len(data)
@@ -432,14 +434,14 @@ class PacketParser:
     def _keep(self, data: bytes, pos: int, need: int, line_mode: bool) -> None:
         tail = data[pos:] if pos else data
         self._pending = [tail]
-        self._have = len(tail)
+        self.held = len(tail)
         self._need = need
         self._line_mode = line_mode
 
     def _fail_line(self) -> list[tuple[int, bytes]]:
         self.error = _line_too_long(self.max_line_length)
         self._pending = []
-        self._have = 0
+        self.held = 0
         return []
 
 
