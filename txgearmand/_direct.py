@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
-__all__ = ["buffered", "direct_socket", "measurable", "write"]
+__all__ = ["buffered", "direct_socket", "measurable", "socket_of", "write"]
 
 
 def direct_socket(transport: object) -> socket.socket | None:
@@ -61,6 +61,21 @@ def write(transport: Any, sock: socket.socket | None, data: bytes) -> bool:
         data = data[sent:]
     transport.write(data)
     return True
+
+
+def socket_of(transport: Any) -> socket.socket | None:
+    """
+    The socket under C{transport}: a Twisted TCP or UNIX transport's, or
+    that of the one a wrapper (TLS) keeps as C{transport}; else L{None}.
+    """
+    for _ in range(4):
+        if isinstance(transport, tcp.Connection):
+            sock = getattr(transport, "socket", None)
+            return sock if isinstance(sock, socket.socket) else None
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return None
 
 
 def measurable(transport: Any) -> bool:

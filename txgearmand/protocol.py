@@ -502,8 +502,10 @@ def _keep_alive(transport: object, seconds: float) -> None:
     Turn on TCP keep-alive: after C{seconds} of silence, probe the peer
     (every C{seconds} up to 30 s, four times) so a dead one is found.
     """
+    sock = _direct.socket_of(transport)
+    if sock is None:
+        return
     try:
-        sock = transport.getHandle()  # type: ignore[attr-defined]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         idle = max(1, int(seconds))
         for name, value in (
@@ -514,7 +516,7 @@ def _keep_alive(transport: object, seconds: float) -> None:
             option = getattr(socket, name, None)
             if option is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    except (AttributeError, OSError):
+    except OSError:
         pass
 
 

@@ -554,3 +554,48 @@ class HostTests(SynchronousTestCase):
         before, now, _ = _host.raise_open_files(1)
         self.assertEqual(now, before)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], soft)
+
+
+class KeepAliveTests(TestCase):
+    """
+    TCP keep-alive on accepted connections.
+    """
+
+    timeout = 10
+
+    @defer.inlineCallbacks
+    def accepted_socket(self, **settings: Any) -> Any:
+        server = JobServer(reactor, job_handle_prefix=b"H:t", **settings)
+        server.startService()
+        self.addCleanup(server.stopService)
+        port = reactor.listenTCP(0, GearmanServerFactory(server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sock = socket.create_connection(("127.0.0.1", port.getHost().port))  # type: ignore[attr-defined]
+        self.addCleanup(sock.close)
+        for _ in range(200):
+            if server.clients():
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        [participant] = server.clients()
+        accepted = _direct.socket_of(participant.peer.transport)  # type: ignore[attr-defined]
+        assert accepted is not None
+        return accepted
+
+    @defer.inlineCallbacks
+    def test_on(self) -> Any:
+        """
+        With C{tcp_keepalive=N} the socket probes after N idle seconds.
+        """
+        accepted = yield self.accepted_socket(tcp_keepalive=45)
+        self.assertTrue(accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 45)
+            self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 30)
+
+    @defer.inlineCallbacks
+    def test_off(self) -> Any:
+        """
+        With C{tcp_keepalive=0} it does not.
+        """
+        accepted = yield self.accepted_socket(tcp_keepalive=0)
+        self.assertFalse(accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
