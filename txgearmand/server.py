@@ -167,6 +167,18 @@ class JobServer(Service):
             retries=s.job_retries,
             store=type(self.store).__name__ if self.store is not None else "none",
         )
+        self.log.info(
+            "Limits: memory budget {memory}, output hard {hard} / soft {soft} for {soft_s} s,"
+            " read timeout {read} s, keep-alive {keepalive} s, connections {connections}"
+            " (0: none)",
+            memory=s.max_memory,
+            hard=s.output_hard_limit,
+            soft=s.output_soft_limit,
+            soft_s=s.output_soft_seconds,
+            read=s.read_timeout,
+            keepalive=s.tcp_keepalive,
+            connections=s.max_connections,
+        )
         if self.durability.ready:
             self.durability.set_ready()
             return
