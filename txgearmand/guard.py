@@ -101,6 +101,7 @@ class Guard:
         self._timer: IDelayedCall | None = None
         self._stopped = False
         self._refusing = False
+        self._release_pending = False
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "refused_submissions",
@@ -175,6 +176,15 @@ class Guard:
         elif old:
             del self._outputs[peer]
         self.output += size - old
+
+    def closed_for_output(self, kind: str) -> None:
+        """
+        A connection was closed for its unsent output (C{hard} or C{soft}):
+        count it, and give what it held back at the next look.
+        """
+        self.counts["closed_output_" + kind] += 1
+        self._release_pending = True
+        self._watch()
 
     def _go_over(self, used: int) -> None:
         if not self.over:
@@ -285,12 +295,20 @@ class Guard:
             )
         if used > self.peak:
             self.peak = used
-        elif self.peak >= WATCH_FLOOR and used < self.peak // 2:
-            # A spike has drained: hand the freed heap back to the kernel.
+        if self._release_pending or (self.peak >= WATCH_FLOOR and used < self.peak // 2):
+            # A spike has drained, or a slow reader's output was dropped:
+            # hand the freed heap back to the kernel.
             self.peak = used
+            self._release_pending = False
             if self._release():
                 self.counts["memory_released"] += 1
-        if self._outputs or self._deadlines or self.over or self.peak >= WATCH_FLOOR:
+        if (
+            self._outputs
+            or self._deadlines
+            or self.over
+            or self._release_pending
+            or self.peak >= WATCH_FLOOR
+        ):
             self._watch()
         else:
             self.alarm = self._quiet_alarm()

@@ -375,7 +375,7 @@ class GearmanProtocol(Protocol):
             self._soft_since = None
 
     def _over_output_limit(self, kind: str, limit: int, pending: int) -> None:
-        self._guard.counts["closed_output_" + kind] += 1
+        self._guard.closed_for_output(kind)
         self.log.warn(
             "Closing {peer}: it does not read what it is sent ({pending} bytes unsent,"
             " over the {kind} output limit of {limit}); it no longer waits for its jobs",

@@ -486,8 +486,9 @@ class OutputLimitTests(TestCase):
         """
         A client that does not read the WORK_DATA streamed to it is closed
         once its unsent output passes the hard limit; its interest in the
-        job is dropped, the worker keeps its job, and the output counted
-        against the budget goes back to nothing.
+        job is dropped, the worker keeps its job, the output counted
+        against the budget goes back to nothing, and the memory is given
+        back.
         """
         server, job, sent = yield self.stream_to_non_reader(
             max_packet_size=64 * 1024,
@@ -500,6 +501,9 @@ class OutputLimitTests(TestCase):
         self.assertIsNotNone(job.worker)
         yield task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(server.guard.output, 0)
+        # What it held is handed back at the guard's next look.
+        yield task.deferLater(reactor, 1.1, lambda: None)
+        self.assertEqual(server.guard.counts["memory_released"], 1)
 
     @defer.inlineCallbacks
     def test_soft_limit(self) -> Any:
