@@ -29,6 +29,7 @@ from txgearmand.schedule import Schedule
 __all__ = ["Durability"]
 
 _DONE = JobState.DONE
+_QUEUED = JobState.QUEUED
 
 
 class Durability:
@@ -234,9 +235,18 @@ class Durability:
             job.commit_waiters = None
             if failure is not None:
                 job.store_id = None
-                if job.background and job.state is not _DONE:
+                if job.state is _DONE:
+                    pass
+                elif job.background:
                     self.log.warn("Dropping {handle}: the store did not take it", handle=job.handle)
                     self._lost(job)
+                else:
+                    # The background submissions that joined this foreground
+                    # job were refused: it is foreground again, and dropped
+                    # if its clients have left while it waits.
+                    job.require_listener = True
+                    if not job.listeners and job.state is _QUEUED:
+                        self._lost(job)
             for waiter in waiters:
                 waiter(failure)
 

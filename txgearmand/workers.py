@@ -110,7 +110,9 @@ class Workers:
         functions = worker.ability_list
         for fq in functions:
             if fq.waiting():
-                worker.sleeping = False
+                if worker.sleeping:
+                    # A second PRE_SLEEP: it sleeps on its functions still.
+                    self.unsleep(worker)
                 worker.send_packet(_NOOP)
                 return
         warm = worker.jobs_done > 0

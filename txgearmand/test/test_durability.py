@@ -158,6 +158,40 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         self.assertEqual(self.server.jobs(), [])
         self.assertIsNone(self.server.job_of_unique(b"f", b"u"))
 
+    def test_store_failure_on_joining_foreground(self) -> None:
+        """
+        A background submission that joined a foreground job and that the
+        store could not take is refused; the job is foreground again, so it
+        is dropped when its client leaves before a worker takes it.
+        (Found by the fuzzer: it was kept, unstored, for nobody.)
+        """
+        fg, bg = self.connect(), self.connect()
+        fg.send(P.SUBMIT_JOB, b"f", b"u", b"x")
+        self.assertEqual(fg.packets(), [(P.JOB_CREATED, (b"H:d:1",))])
+        bg.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
+        self.store.fail_next = True  # type: ignore[attr-defined]
+        self.commit()
+        ((ptype, (code, _)),) = bg.packets()
+        self.assertEqual((ptype, code), (P.ERROR, b"QUEUE_ERROR"))
+        [job] = self.server.jobs()
+        self.assertTrue(job.require_listener)
+        fg.disconnect()
+        self.assertEqual(self.server.jobs(), [])
+
+    def test_store_failure_after_foreground_left(self) -> None:
+        """
+        If the foreground client left while the store worked, the refused
+        job is dropped at once.
+        """
+        fg, bg = self.connect(), self.connect()
+        fg.send(P.SUBMIT_JOB, b"f", b"u", b"x")
+        bg.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
+        fg.disconnect()
+        self.assertEqual(len(self.server.jobs()), 1)
+        self.store.fail_next = True  # type: ignore[attr-defined]
+        self.commit()
+        self.assertEqual(self.server.jobs(), [])
+
     def test_duplicate_waits_for_same_commit(self) -> None:
         """
         A duplicate background submission of an uncommitted job is

@@ -772,6 +772,24 @@ class SleepTests(ModelMixin, SynchronousTestCase):
         self.assertEqual(peer.take(), [(P.NOOP, ())])
         self.assertFalse(worker.sleeping)
 
+    def test_second_sleep_with_work_queued(self) -> None:
+        """
+        A sleeping worker that sends PRE_SLEEP again while a job waits gets
+        its NOOP and is a sleeper no more, on every function (found by the
+        fuzzer: it stayed among the sleepers, awake).
+        """
+        self.make_server(wakeup=0)
+        peer, worker = self.worker(b"g", b"f")
+        self.server.on_client_sleep(worker)
+        self.submit(None, background=True)
+        self.server.on_client_sleep(worker)
+        self.assertEqual(peer.take(), [(P.NOOP, ())])
+        self.assertFalse(worker.sleeping)
+        for name in (b"f", b"g"):
+            fq = self.server.registry.get(name)
+            assert fq is not None
+            self.assertNotIn(worker, fq.sleepers)
+
     def test_wakeup_count(self) -> None:
         """
         A submission NOOPs at most C{wakeup} sleepers, those that slept
