@@ -393,8 +393,11 @@ class GearmanProtocol(Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
-        self._closing = True
+        # Closed from now on: nothing more is written to it, or counted,
+        # before the transport reports the connection lost.
+        self.closed = self._closing = True
         self._out = []
+        self._held = None
         self._guard.note_output(self, 0)
         abort = getattr(transport, "abortConnection", None)
         if abort is not None:
