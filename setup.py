@@ -40,6 +40,7 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
+            "atheris; platform_python_implementation == 'CPython'",
         ],
     },
     classifiers=[

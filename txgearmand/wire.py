@@ -338,9 +338,10 @@ class PacketParser:
 
     def incomplete(self) -> tuple[int, bool]:
         """
-        What the incomplete message will take once whole: its full size if
-        its header says (else the bytes held), and whether its header is
-        complete (so that what is missing is a packet body).
+        What the incomplete message will take once whole (its full size
+        once its header is in, the header's size before that, the bytes
+        held for an admin line), and whether its header is complete (so
+        that what is missing is a packet body).
         """
         if self._line_mode or not self._pending:
             return (self.held, False)

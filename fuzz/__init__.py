@@ -1,0 +1,3 @@
+"""
+Coverage-guided fuzz targets for txgearmand (see C{fuzz/README.rst}).
+"""
