@@ -11,7 +11,6 @@ the facility (no C{/proc}, no glibc, no C{resource} module).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import sys
@@ -92,9 +91,9 @@ def rss_bytes(pid: int | None = None) -> int | None:
 def _load_trim() -> object | None:
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        libc = ctypes.CDLL(name)
+        # Not ctypes.util.find_library: it runs ldconfig.
+        libc = ctypes.CDLL("libc.so.6")
         trim = libc.malloc_trim
     except (OSError, AttributeError):
         return None
@@ -103,7 +102,8 @@ def _load_trim() -> object | None:
     return trim
 
 
-_trim = _load_trim()
+_trim: object | None = None
+_trim_loaded = False
 _PYPY = sys.implementation.name == "pypy"
 
 
@@ -123,6 +123,9 @@ def release_to_os() -> bool:
         # PyPy frees large objects only when its collector runs, which may
         # be long after a spike: run it first.
         gc.collect()
+    global _trim, _trim_loaded
+    if not _trim_loaded:
+        _trim, _trim_loaded = _load_trim(), True
     if _trim is None:
         return _PYPY
     _trim(0)  # type: ignore[operator]

@@ -68,7 +68,9 @@ class Guard:
     @ivar partial: bytes reserved by incomplete packets (their declared
         size).
     @ivar output: bytes of unsent output, as last measured.
-    @ivar over: whether the server is over its budget (it refuses work).
+    @ivar over: whether the server refuses submissions for its budget:
+        set by a refusal, cleared by the first look that finds the bytes
+        counted back under the budget.
     @ivar alarm: L{JobServer.submit_job} calls L{admit} only when the
         counted bytes plus a new job's would pass this: below it, admitting
         a job costs one comparison.
@@ -147,13 +149,14 @@ class Guard:
         """
         self.counts["refused_" + what] += 1
 
-    def reserve(self, peer: Guarded, more: int) -> bool:
+    def reserve(self, peer: Guarded, more: int, refusable: bool = True) -> bool:
         """
         A connection's incomplete packet declares C{more} bytes than it
-        did: reserve them, or refuse if they would take the server over
-        its budget (small ones are always let through).
+        did: reserve them, or, if it is C{refusable} (a submission), refuse
+        if they would take the server over its budget (small ones are
+        always let through).
         """
-        if more >= SMALL_PARTIAL and not self.admit(more):
+        if refusable and more >= SMALL_PARTIAL and not self.admit(more):
             self.refused("packets")
             return False
         self.partial += more
@@ -275,16 +278,24 @@ class Guard:
         """
         self._timer = None
         for peer in list(self._outputs):
-            peer.check_output()
+            try:
+                peer.check_output()
+            except Exception:
+                self._outputs.pop(peer, None)
+                self.log.failure("Measuring the output of {peer} failed", peer=peer)
         now = self._clock.seconds()
         for peer, deadline in list(self._deadlines.items()):
-            if deadline <= now:
+            if deadline <= now and self._deadlines.get(peer) == deadline:
                 del self._deadlines[peer]
                 self.counts["closed_stalled"] += 1
-                self.log.info(
-                    "Closing {peer}: incomplete packet past the read timeout", peer=peer.describe()
-                )
-                peer.stalled()
+                try:
+                    self.log.info(
+                        "Closing {peer}: incomplete packet past the read timeout",
+                        peer=peer.describe(),
+                    )
+                    peer.stalled()
+                except Exception:
+                    self.log.failure("Closing the stalled {peer} failed", peer=peer)
         used = self.used()
         if self.over and used <= self.limit:
             self.over = False
@@ -300,7 +311,12 @@ class Guard:
             # hand the freed heap back to the kernel.
             self.peak = used
             self._release_pending = False
-            if self._release():
+            try:
+                released = self._release()
+            except Exception:
+                released = False
+                self.log.failure("Giving memory back failed")
+            if released:
                 self.counts["memory_released"] += 1
         if (
             self._outputs

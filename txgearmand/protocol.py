@@ -84,6 +84,7 @@ class GearmanProtocol(Protocol):
         self._reserved = 0
         #: When the unsent output went over the soft limit, if it is.
         self._soft_since: float | None = None
+        self._soft_last = 0
         self._measurable = False
 
     def __repr__(self) -> str:
@@ -138,6 +139,12 @@ class GearmanProtocol(Protocol):
         try:
             parser = self._parser
             messages = parser.feed(data)
+            if messages and self._reserved:
+                # The packet it reserved for is whole: it is counted as what
+                # it becomes (a job), not twice, and it is not stalled.
+                self._guard.unreserve(self._reserved)
+                self._guard.forget_stall(self)
+                self._reserved = 0
             for ptype, body in messages:
                 if self.closed:
                     break
@@ -184,6 +191,8 @@ class GearmanProtocol(Protocol):
         self.paused = True
         if self.transport is not None:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
+        # While we do not read, an incomplete packet is not the peer's stall.
+        self._guard.forget_stall(self)
 
     def resumeProducing(self) -> None:
         """
@@ -193,6 +202,9 @@ class GearmanProtocol(Protocol):
         if self.transport is not None and not self.closed and self.server.ready:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
             self.check_output()
+            timeout = self._settings.read_timeout
+            if self._reserved and timeout:
+                self._guard.watch_stall(self, self.server.reactor.seconds() + timeout)
 
     def stopProducing(self) -> None:
         """
@@ -316,7 +328,10 @@ class GearmanProtocol(Protocol):
         size, in_body = parser.incomplete()
         old = self._reserved
         if size > old:
-            if not guard.reserve(self, size - old):
+            # Only submissions are refused: results and status finish jobs
+            # and free memory, and refusing them could stall every job.
+            refusable = parser.incomplete_type() in _SUBMIT_TYPES
+            if not guard.reserve(self, size - old, refusable):
                 guard.unreserve(old)
                 self._reserved = 0
                 guard.forget_stall(self)
@@ -367,10 +382,14 @@ class GearmanProtocol(Protocol):
         soft = settings.output_soft_limit
         if soft and pending > soft:
             now = self.server.reactor.seconds()
-            if self._soft_since is None:
+            if self._soft_since is None or pending < self._soft_last:
+                # Over the soft limit, or still over it but reading: the
+                # time starts (again) now.
                 self._soft_since = now
             elif now - self._soft_since >= settings.output_soft_seconds:
                 self._over_output_limit("soft", soft, pending)
+                return
+            self._soft_last = pending
         else:
             self._soft_since = None
 
@@ -399,6 +418,7 @@ class GearmanProtocol(Protocol):
         self._out = []
         self._held = None
         self._guard.note_output(self, 0)
+        self._guard.forget_stall(self)
         abort = getattr(transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -741,6 +761,18 @@ def _not_expected(self: GearmanProtocol, body: bytes) -> None:
     self.send_raw(_NOT_EXPECTED_PACKET)
 
 
+#: The packet types the memory budget may refuse while they arrive.
+_SUBMIT_TYPES = frozenset(
+    int(t)
+    for t in (
+        *_SUBMIT_FORMS,
+        _P.SUBMIT_JOB_EPOCH,
+        _P.SUBMIT_REDUCE_JOB,
+        _P.SUBMIT_REDUCE_JOB_BACKGROUND,
+        _P.SUBMIT_JOB_SCHED,
+    )
+)
+
 #: Packet type (or pseudo type for text lines and response magic) to
 #: handler, built once: one dict lookup per message.
 _HANDLERS: dict[int, _Handler] = {
@@ -778,6 +810,20 @@ for _type in _P:
 _HANDLERS = {int(k): v for k, v in _HANDLERS.items()}
 
 
+class _Refused(Protocol):
+    """
+    A connection past the connection limit: closed as soon as it is made.
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+
 class GearmanServerFactory(ServerFactory):
     """
     Builds a L{GearmanProtocol} for each connection to a L{JobServer}.
@@ -792,15 +838,18 @@ class GearmanServerFactory(ServerFactory):
     def __init__(self, job_server: JobServer) -> None:
         self.job_server = job_server
 
-    def buildProtocol(self, addr: IAddress | None) -> GearmanProtocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         """
-        A new connection's protocol, or L{None} to refuse it.
+        A new connection's protocol; L{None} while the server does not
+        accept connections, a protocol that closes it at once past the
+        connection limit.
         """
         if not self.job_server.accepting:
             return None
         if not self.job_server.guard.room_for_connection():
-            # Closed at once; those already open keep being served.
-            return None
+            # Closed at once (by a protocol, not None: TLS wrappers need
+            # one); those already open keep being served.
+            return _Refused()
         protocol = GearmanProtocol(self.job_server)
         protocol.factory = self
         return protocol

@@ -203,8 +203,8 @@ class Settings:
         hard = self.output_hard_limit
         _check(
             "output_hard_limit",
-            hard == 0 or hard > self.max_packet_size + wire.HEADER_SIZE,
-            "must be 0 (none) or more than the largest packet (max_packet_size)",
+            hard == 0 or hard >= 2 * (self.max_packet_size + wire.HEADER_SIZE),
+            "must be 0 (none) or room for two of the largest packets (2 x max_packet_size)",
         )
         soft = self.output_soft_limit
         _check(

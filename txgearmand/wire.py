@@ -347,6 +347,21 @@ class PacketParser:
             return (self.held, False)
         return (max(self._need, self.held), self._need > HEADER_SIZE)
 
+    def incomplete_type(self) -> int | None:
+        """
+        The type of the incomplete message: its packet type once its
+        header is in (L{RESPONSE_PACKET} for the other magic), L{TEXT_LINE}
+        for an admin line, L{None} before that or when nothing is held.
+        """
+        if not self._pending:
+            return None
+        if self._line_mode:
+            return TEXT_LINE
+        if self._need <= HEADER_SIZE:
+            return None
+        magic, ptype, _ = _unpack_header(self._pending[0], 0)
+        return ptype if magic == self._magic else RESPONSE_PACKET
+
     def stop(self, error: WireError) -> None:
         """
         Stop parsing, dropping what is held: every later C{feed} returns

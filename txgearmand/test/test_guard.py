@@ -13,13 +13,14 @@ from typing import Any, cast
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txgearmand import _direct, _host, tap, wire
 from txgearmand.guard import SMALL_PARTIAL, WATCH_FLOOR, Guard
 from txgearmand.job import JOB_OVERHEAD, JobTable
-from txgearmand.protocol import GearmanServerFactory
+from txgearmand.protocol import GearmanProtocol, GearmanServerFactory
 from txgearmand.server import JobServer
 from txgearmand.settings import Settings, SettingsError
 from txgearmand.test.helpers import ServerTestMixin
@@ -296,6 +297,39 @@ class BudgetTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.server.guard.partial, 0)
         self.assertEqual(len(self.server.jobs()), 2)
 
+    def test_split_submission_counted_once(self) -> None:
+        """
+        A job that fits the budget fits it however its packet arrives: its
+        reservation ends when it is whole, before it becomes a job.
+        """
+        self.make_server(max_memory=3 * 1024**2)
+        client = self.connect()
+        packet = wire.encode_request(_P.SUBMIT_JOB_BG, b"f", b"", b"x" * (2 * 1024**2))
+        for offset in range(0, len(packet), 256 * 1024):
+            client.send_bytes(packet[offset : offset + 256 * 1024])
+        self.assertEqual([p[0] for p in client.packets()], [_P.JOB_CREATED])
+        self.assertEqual(self.server.guard.partial, 0)
+        self.assertEqual(self.server.table.held_bytes, sum(job.cost for job in self.server.jobs()))
+
+    def test_results_never_refused(self) -> None:
+        """
+        Near the budget, a large result still arrives (refusing it would
+        requeue its job for the next worker, to be refused again): only
+        submissions are refused.
+        """
+        self.make_server(max_memory=10 * 1024**2)
+        client = self.connect()
+        for _ in range(9):
+            client.submit(b"f", b"x" * 1024**2, ptype=_P.SUBMIT_JOB_BG)
+        worker = self.connect().can_do(b"f")
+        handle = worker.grab()[1][0]
+        packet = wire.encode_request(_P.WORK_COMPLETE, handle, b"r" * (1536 * 1024))
+        for offset in range(0, len(packet), 256 * 1024):
+            worker.send_bytes(packet[offset : offset + 256 * 1024])
+        self.assertFalse(worker.closed)
+        self.assertEqual(len(self.server.jobs()), 8)
+        self.assertEqual(self.server.guard.counts["refused_packets"], 0)
+
     def test_no_budget(self) -> None:
         """
         With C{max_memory=0} nothing is refused for memory.
@@ -407,6 +441,24 @@ class StallTests(ServerTestMixin, SynchronousTestCase):
         self.assertFalse(conn.closed)
         self.assertEqual(conn.packets(), [(_P.ECHO_RES, (b"hello",))])
 
+    def test_not_while_we_do_not_read(self) -> None:
+        """
+        While the server does not read a connection (its peer does not
+        read what it is sent), its incomplete packet is not a stall; once
+        it reads again, the timeout starts again.
+        """
+        self.make_server(read_timeout=60)
+        conn = self.connect()
+        conn.send_bytes(wire.encode_request(_P.SUBMIT_JOB, b"f", b"", b"x" * 100_000)[:50_000])
+        conn.protocol.pauseProducing()
+        self.clock.advance(120)
+        self.assertFalse(conn.closed)
+        conn.protocol.resumeProducing()
+        self.clock.advance(59)
+        self.assertFalse(conn.closed)
+        self.clock.advance(2)
+        self.assertTrue(conn.closed)
+
     def test_disabled(self) -> None:
         """
         C{read_timeout=0} never closes.
@@ -434,11 +486,17 @@ class ConnectionLimitTests(ServerTestMixin, SynchronousTestCase):
         first = self.connect()
         self.connect()
         self.assertEqual(self.server.guard.connections, 2)
-        self.assertIsNone(factory.buildProtocol(addr))
-        self.assertIsNone(factory.buildProtocol(addr))
+        for _ in range(2):
+            refused = factory.buildProtocol(addr)
+            assert refused is not None
+            self.assertNotIsInstance(refused, GearmanProtocol)
+            transport = StringTransport()
+            refused.makeConnection(transport)
+            self.assertTrue(transport.disconnecting)
         self.assertEqual(self.server.guard.counts["refused_connections"], 2)
+        self.assertEqual(self.server.guard.connections, 2)
         first.disconnect()
-        self.assertIsNotNone(factory.buildProtocol(addr))
+        self.assertIsInstance(factory.buildProtocol(addr), GearmanProtocol)
 
 
 class OutputLimitTests(TestCase):

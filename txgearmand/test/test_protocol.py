@@ -400,7 +400,7 @@ class FactoryTests(ServerTestMixin, SynchronousTestCase):
         self.make_server()
         factory = GearmanServerFactory(self.server)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        assert protocol is not None
+        assert isinstance(protocol, GearmanProtocol)
         self.assertIs(protocol.server, self.server)
 
     def test_refuses_when_not_accepting(self) -> None:
