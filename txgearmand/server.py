@@ -79,7 +79,6 @@ class JobServer(Service):
     @ivar on_shutdown: called when an admin C{shutdown} completes, to end
         the process (twistd's service passes C{reactor.stop}); without it
         the admin command is refused.
-    @ivar pid: the process id C{getpid} reports.
     @ivar doors: the L{Doors} it opens itself (port, socket, child worker).
     @ivar children: the workers it started that still run, by pid.
     @ivar guard: the L{Guard}: memory budget, read timeouts, output and
@@ -115,7 +114,7 @@ class JobServer(Service):
         assert reactor is not None
         self.settings = settings if settings is not None else Settings(**options)
         self.reactor = reactor
-        self.pid = os.getpid()
+        self._pid: int | None = None
         self.table = JobTable(self.settings.job_handle_prefix)
         self.registry = FunctionRegistry(self.settings.max_queue)
         self.output = OutputBatch(reactor)
@@ -132,6 +131,18 @@ class JobServer(Service):
         self.drain = Drain(lambda: self.jobs_outstanding() + self.jobs_running())
         self.stop_listening: Callable[[], Any] | None = None
         self.on_shutdown: Callable[[], Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        """
+        The process id C{getpid} reports: the serving process's, read when
+        asked (a daemon forks after the server is built), unless set.
+        """
+        return os.getpid() if self._pid is None else self._pid
+
+    @pid.setter
+    def pid(self, value: int) -> None:
+        self._pid = value
 
     @property
     def store(self) -> IJobStore | None:

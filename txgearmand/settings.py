@@ -187,6 +187,11 @@ class Settings:
             0 < len(prefix) <= MAX_HANDLE_PREFIX,
             f"must be 1 to {MAX_HANDLE_PREFIX} bytes (a job handle has at most 63)",
         )
+        _check(
+            "job_handle_prefix",
+            not any(c <= 32 or c == 127 for c in prefix),
+            "must have no spaces or control characters (admin commands split on them)",
+        )
         _check("max_packet_size", self.max_packet_size >= 1, "must be positive")
         _check(
             "timeout_unit",

@@ -35,6 +35,22 @@ _TIMEOUT_UNITS = {
 }
 
 
+def version_text() -> str:
+    """
+    What C{twistd gearmand --version} prints.
+    """
+    import sys
+
+    import twisted
+    from txgearmand._version import __version__
+
+    python = sys.version.split()[0]
+    return (
+        f"txgearmand {__version__} (Twisted {twisted.__version__},"
+        f" {sys.implementation.name} {python})"
+    )
+
+
 def parse_memory(value: str) -> int:
     """
     A memory budget: a size (see L{parse_size}) or a percentage of the
@@ -221,6 +237,13 @@ class Options(usage.Options):
         self["ports"] = []
         self["max-queue"] = {}
 
+    def opt_version(self) -> None:
+        """
+        Print txgearmand's version, Twisted's and Python's, and exit.
+        """
+        print(version_text())
+        raise SystemExit(0)
+
     def opt_port(self, description: str) -> None:
         """
         Listen here: a port number (4730) or a Twisted server endpoint
@@ -247,6 +270,8 @@ class Options(usage.Options):
             numbers = [int(n) for n in limits.split(",")]
         except ValueError:
             raise usage.UsageError(f"--max-queue limits must be integers: {value!r}") from None
+        if any(n < 0 for n in numbers):
+            raise usage.UsageError(f"--max-queue limits must be 0 (none) or more: {value!r}")
         if len(numbers) not in (1, 3):
             raise usage.UsageError(f"--max-queue wants FUNC=N or FUNC=H,N,L, not {value!r}")
         self["max-queue"][function.encode("utf-8")] = (

@@ -314,3 +314,103 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(IServiceMaker.providedBy(maker))
         self.assertIs(maker.options, tap.Options)
         self.assertIs(maker.makeService, tap.makeService)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    Small corrections to the command line.
+    """
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints txgearmand's version, Twisted's and Python's,
+        and exits 0.
+        """
+        import contextlib
+        import io
+        import sys
+
+        import twisted
+        from txgearmand import __version__
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit) as raised:
+            options("--version")
+        self.assertEqual(raised.exception.code, 0)
+        text = out.getvalue()
+        self.assertIn(f"txgearmand {__version__}", text)
+        self.assertIn(f"Twisted {twisted.__version__}", text)
+        self.assertIn(sys.version.split()[0], text)
+
+    def test_handle_prefix_without_spaces(self) -> None:
+        """
+        A handle prefix with whitespace (which would break C{cancel job})
+        is refused, naming the option.
+        """
+        for prefix in ("a b", "tab\there", "nl\n"):
+            with self.assertRaises(UsageError) as raised:
+                options(f"--job-handle-prefix={prefix}")
+            self.assertIn("--job-handle-prefix", str(raised.exception))
+
+    def test_max_queue_not_negative(self) -> None:
+        """
+        A negative max-queue limit is refused, not taken as none.
+        """
+        for value in ("f=-1", "f=1,-2,3"):
+            with self.assertRaises(UsageError) as raised:
+                options(f"--max-queue={value}")
+            self.assertIn("--max-queue", str(raised.exception))
+
+
+class DaemonTests(SynchronousTestCase):
+    """
+    C{twistd gearmand} as a daemon (without C{-n}).
+    """
+
+    def test_getpid_is_the_daemons(self) -> None:
+        """
+        The admin C{getpid} answers the pid of the serving process (the one
+        in the pid file), not the one from before the fork.
+        """
+        import os
+        import sys
+        import time
+        from pathlib import Path
+
+        from txgearmand.test import _process
+
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        port = _process.free_port()
+        pidfile = workdir / "twistd.pid"
+        argv = [
+            sys.executable,
+            "-c",
+            _process._TWISTD,
+            f"--pidfile={pidfile}",
+            f"--logfile={workdir / 'twistd.log'}",
+            "gearmand",
+            f"--port=tcp:{port}:interface=127.0.0.1",
+            "--queue=memory",
+        ]
+        _process.run(argv, timeout=60)
+
+        def stop() -> None:
+            if pidfile.exists():
+                try:
+                    os.kill(int(pidfile.read_text()), 15)
+                except (OSError, ValueError):
+                    pass
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 30
+        reply = b""
+        while time.monotonic() < deadline:
+            try:
+                reply = _process.admin(port, b"getpid")
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.assertTrue(pidfile.exists())
+        daemon = int(pidfile.read_text())
+        self.assertEqual(reply, b"OK %d\n" % daemon)
