@@ -414,3 +414,32 @@ class DaemonTests(SynchronousTestCase):
         self.assertTrue(pidfile.exists())
         daemon = int(pidfile.read_text())
         self.assertEqual(reply, b"OK %d\n" % daemon)
+
+
+class SystemdUnitTests(SynchronousTestCase):
+    """
+    The sample systemd units in C{docs/systemd}.
+    """
+
+    def test_service_options(self) -> None:
+        """
+        The service's command line is one C{twistd gearmand} accepts, and
+        it serves the socket systemd hands it.
+        """
+        import shlex
+        from pathlib import Path
+
+        import txgearmand
+
+        unit = Path(txgearmand.__file__).resolve().parent.parent / "docs/systemd/txgearmand.service"
+        if not unit.exists():
+            self.skipTest("docs/systemd is not here (an installed copy)")
+        [line] = [x for x in unit.read_text().splitlines() if x.startswith("ExecStart=")]
+        argv = shlex.split(line.split("=", 1)[1])
+        self.assertTrue(argv[0].endswith("/twistd"))
+        self.assertIn("--nodaemon", argv)
+        o = options(*argv[argv.index("gearmand") + 1 :])
+        self.assertEqual(o["ports"], ["systemd:domain=INET6:index=0"])
+        self.assertTrue(o["queue"].startswith("sqlite:/var/lib/txgearmand/"))
+        socket_unit = unit.with_name("txgearmand.socket").read_text()
+        self.assertIn("ListenStream=4730", socket_unit)
