@@ -20,7 +20,7 @@ from txgearmand.protocol import GearmanServerFactory
 from txgearmand.server import JobServer
 from txgearmand.settings import ADMIN_SHUTDOWN_POLICIES, Settings, SettingsError
 
-__all__ = ["GearmandService", "Options", "makeService"]
+__all__ = ["GearmandOptions", "GearmandService", "Options", "makeService"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)i?[bB]?\s*$")
 _SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -81,9 +81,27 @@ def parse_size(value: str) -> int:
     return int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()]
 
 
-class Options(usage.Options):
+def _number(kind: type, option: str) -> Any:
     """
-    Options of C{twistd gearmand}.
+    A coercion for C{usage.Options} whose error names the option and says
+    what it expected.
+    """
+
+    def coerce(value: str) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"--{option} wants {what}, not {value!r}") from None
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+class GearmandOptions(usage.Options):
+    """
+    Options of C{twistd gearmand}; a bad one raises a L{usage.UsageError}
+    that names it (L{Options} turns that into one line and exit status 1).
     """
 
     synopsis = "[options]"
@@ -108,7 +126,7 @@ class Options(usage.Options):
             None,
             3,
             "Sleeping workers woken (NOOP) per queued job: N, 0 for none, -1 for all.",
-            int,
+            _number(int, "wakeup"),
         ],
         [
             "wakeup-delay",
@@ -116,7 +134,7 @@ class Options(usage.Options):
             0.1,
             "Seconds between further wake-ups while a function still has queued "
             "jobs and sleeping workers; 0 for the next reactor turn, -1 for never.",
-            float,
+            _number(float, "wakeup-delay"),
         ],
         [
             "job-retries",
@@ -124,7 +142,7 @@ class Options(usage.Options):
             0,
             "Failed attempts (worker lost, CANT_DO, timeout) after which a job "
             "fails with WORK_FAIL; 0 retries forever.",
-            int,
+            _number(int, "job-retries"),
         ],
         [
             "job-handle-prefix",
@@ -195,7 +213,7 @@ class Options(usage.Options):
             None,
             60.0,
             "See --output-soft-limit.",
-            float,
+            _number(float, "output-soft-seconds"),
         ],
         [
             "read-timeout",
@@ -204,14 +222,14 @@ class Options(usage.Options):
             "Close a connection whose packet header or admin line stays incomplete "
             "this many seconds, or whose packet body gets no byte for as long "
             "(0: never). Idle connections are never closed.",
-            float,
+            _number(float, "read-timeout"),
         ],
         [
             "tcp-keepalive",
             None,
             120.0,
             "Seconds of silence after which TCP keep-alive probes look for a dead peer (0: off).",
-            float,
+            _number(float, "tcp-keepalive"),
         ],
         [
             "max-connections",
@@ -220,7 +238,7 @@ class Options(usage.Options):
             "Connections served at once (0: as many as the open file limit "
             "allows); more are closed as they arrive. The open file limit is "
             "raised to fit, where allowed.",
-            int,
+            _number(int, "max-connections"),
         ],
     ]
 
@@ -340,6 +358,24 @@ class Options(usage.Options):
             raise usage.UsageError(f"--queue: {e}") from None
 
 
+class Options(GearmandOptions):
+    """
+    The options as C{twistd gearmand} reads them: a bad option ends the
+    start with one line naming it, exit status 1, and neither the help text
+    nor a traceback.
+    """
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, or exit with one line saying what is wrong.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            text = str(e).replace("Parameter type enforcement failed: ", "")
+            raise SystemExit(f"twistd gearmand: {text} (see twistd gearmand --help)") from None
+
+
 class GearmandService(MultiService):
     """
     A L{JobServer} and the ports that serve it.
@@ -437,7 +473,7 @@ def fit_open_files(settings: Settings) -> Settings:
 _LOG = _log.logger("txgearmand.tap")
 
 
-def makeService(options: Options, reactor: Any = None) -> GearmandService:
+def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandService:
     """
     Build the service tree of C{twistd gearmand}.
     """

@@ -88,8 +88,8 @@ class OptionTests(SynchronousTestCase):
     The command line options of the guard.
     """
 
-    def parse(self, *argv: str) -> tap.Options:
-        o = tap.Options()
+    def parse(self, *argv: str) -> tap.GearmandOptions:
+        o = tap.GearmandOptions()
         o.parseOptions(list(argv))
         return o
 

@@ -17,11 +17,11 @@ from txgearmand import _log, tap
 from txgearmand.server import JobServer
 
 
-def options(*argv: str) -> tap.Options:
+def options(*argv: str) -> tap.GearmandOptions:
     """
     Parse a command line.
     """
-    o = tap.Options()
+    o = tap.GearmandOptions()
     o.parseOptions(list(argv))
     return o
 
@@ -443,3 +443,47 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertTrue(o["queue"].startswith("sqlite:/var/lib/txgearmand/"))
         socket_unit = unit.with_name("txgearmand.socket").read_text()
         self.assertIn("ListenStream=4730", socket_unit)
+
+
+class StartFailureTests(SynchronousTestCase):
+    """
+    A bad option, as an operator meets it: C{twistd gearmand} as a process.
+    """
+
+    def test_bad_options(self) -> None:
+        """
+        Each bad option ends the start with one line naming it, exit
+        status 1, no help text, no traceback, and no store file.
+        """
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from txgearmand.test import _process
+
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        cases = [
+            ("--wakeup=abc", "--wakeup"),
+            ("--read-timeout=soon", "--read-timeout"),
+            ("--max-connections=-1", "--max-connections"),
+            ("--max-memory=lots", "--max-memory"),
+            ("--job-handle-prefix=a b", "--job-handle-prefix"),
+            ("--max-queue=f=-2", "--max-queue"),
+            ("--bogus", "--bogus"),
+        ]
+        for option, name in cases:
+            result = subprocess.run(
+                [sys.executable, "-c", _process._TWISTD, "-n", "--pidfile=", "gearmand", option],
+                cwd=workdir,
+                env=_process.environment(),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            output = (result.stdout + result.stderr).decode()
+            self.assertEqual(result.returncode, 1, output)
+            self.assertEqual(len(output.strip().splitlines()), 1, output)
+            self.assertIn(name, output)
+            self.assertNotIn("Traceback", output)
+            self.assertEqual(list(workdir.iterdir()), [], option)
