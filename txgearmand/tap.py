@@ -20,7 +20,7 @@ from txgearmand.protocol import GearmanServerFactory
 from txgearmand.server import JobServer
 from txgearmand.settings import ADMIN_SHUTDOWN_POLICIES, Settings, SettingsError
 
-__all__ = ["GearmandOptions", "GearmandService", "Options", "makeService"]
+__all__ = ["GearmandOptions", "GearmandService", "Options", "StartFailed", "makeService"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)i?[bB]?\s*$")
 _SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -49,6 +49,32 @@ def version_text() -> str:
         f"txgearmand {__version__} (Twisted {twisted.__version__},"
         f" {sys.implementation.name} {python})"
     )
+
+
+def endpoint_problem(description: str) -> str | None:
+    """
+    What is wrong with a server endpoint description, found without
+    listening (an unknown kind, a TCP port out of range, a C{systemd:}
+    endpoint outside socket activation, TLS without pyOpenSSL or its
+    files), or L{None}.
+    """
+    from twisted.internet import endpoints
+
+    try:
+        # The parsers only keep the reactor: none is needed to check.
+        endpoint = endpoints.serverFromString(None, description)
+    except (ImportError, NotImplementedError) as e:
+        return f"{e} (for TLS: pip install 'txgearmand[tls]')"
+    except (IndexError, KeyError) as e:
+        if description.startswith("systemd:"):
+            return "no such socket from systemd (is it started by a .socket unit?)"
+        return f"bad endpoint description ({e})"
+    except Exception as e:
+        return str(e) or type(e).__name__
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is not in 0-65535"
+    return None
 
 
 def parse_memory(value: str) -> int:
@@ -356,6 +382,10 @@ class GearmandOptions(usage.Options):
             store._kind(self["queue"])
         except ValueError as e:
             raise usage.UsageError(f"--queue: {e}") from None
+        for description in self["ports"]:
+            problem = endpoint_problem(description)
+            if problem is not None:
+                raise usage.UsageError(f"--port {description}: {problem}")
 
 
 class Options(GearmandOptions):
@@ -376,6 +406,22 @@ class Options(GearmandOptions):
             raise SystemExit(f"twistd gearmand: {text} (see twistd gearmand --help)") from None
 
 
+class StartFailed(SystemExit, Exception):
+    """
+    The start failed for a reason one line says.  A L{SystemExit}, so
+    that in the foreground Python prints just that line and exits 1; an
+    L{Exception} too, so that as a daemon twistd hands it to the waiting
+    parent, which prints it and exits 1.
+    """
+
+
+def _safe_url(url: str) -> str:
+    """
+    A store URL without its password.
+    """
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 class GearmandService(MultiService):
     """
     A L{JobServer} and the ports that serve it.
@@ -390,14 +436,49 @@ class GearmandService(MultiService):
         super().__init__()
         self.job_server = job_server
         self._ports: list[IService] = []
+        self._descriptions: list[str] = []
         self._ports_stopped: Deferred[Any] | None = None
+        #: The store checked once the ports are bound, if any.
+        self.store_url: str | None = None
 
-    def add_port(self, port: IService) -> None:
+    def add_port(self, port: IService, description: str = "") -> None:
         """
-        Add a listening service (a C{StreamServerEndpointService}).
+        Add a listening service (a C{StreamServerEndpointService}), and the
+        description it was made from, for messages.
         """
         self._ports.append(port)
+        self._descriptions.append(description or repr(port))
         port.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every port, then check the store (so that a start that fails
+        leaves no store file behind); either failing ends the start with
+        one line saying which and why.
+        """
+        for port, description in zip(self._ports, self._descriptions):
+            try:
+                port.privilegedStartService()
+            except Exception as e:
+                self._close_bound()
+                raise StartFailed(f"twistd gearmand: cannot listen on {description}: {e}") from None
+        if self.store_url is not None:
+            try:
+                store.check_store_url(self.store_url)
+            except Exception as e:
+                self._close_bound()
+                raise StartFailed(
+                    f"twistd gearmand: cannot open the job store {_safe_url(self.store_url)}: {e}"
+                ) from None
+        for child in self:
+            if child not in self._ports:
+                child.privilegedStartService()
+
+    def _close_bound(self) -> None:
+        for port in self._ports:
+            listening = getattr(port, "_waitingForPort", None)
+            if listening is not None:
+                listening.addCallback(lambda p: p.stopListening()).addErrback(lambda f: None)
 
     def stop_listening(self) -> Deferred[None]:
         """
@@ -490,20 +571,16 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
     # (PyPy's collector is another kind, without these knobs.)
     if hasattr(gc, "set_threshold"):
         gc.set_threshold(50_000, 20, 20)
-    try:
-        # Before the reactor runs: a store that cannot be opened fails the
-        # start, with a message, rather than a server that loses jobs.
-        store.check_store_url(options["queue"])
-    except Exception as e:
-        raise SystemExit(
-            f"txgearmand: cannot open the job store {options['queue']!r}: {e}"
-        ) from None
     job_server = JobServer(reactor, settings, store=store.store_from_url(reactor, options["queue"]))
     top = GearmandService(job_server)
     job_server.setServiceParent(top)
     factory = GearmanServerFactory(job_server)
     for description in options["ports"]:
-        top.add_port(strports.service(description, factory, reactor=reactor))
+        top.add_port(strports.service(description, factory, reactor=reactor), description)
+    # Checked once the ports are bound, before the reactor runs: a store
+    # that cannot be opened fails the start with a message, rather than a
+    # server that loses jobs.
+    top.store_url = options["queue"]
     job_server.stop_listening = top.stop_listening
     job_server.on_shutdown = reactor.stop
     return top

@@ -202,6 +202,9 @@ class MakeServiceTests(SynchronousTestCase):
         store = service.job_server.store
         assert isinstance(store, SQLiteStore)
         self.assertEqual(store.path, "gearmand.sqlite")
+        # Made once the ports are bound, not before.
+        self.assertFalse(os.path.exists("gearmand.sqlite"))
+        service.privilegedStartService()
         self.assertTrue(os.path.exists("gearmand.sqlite"))
         memory = tap.makeService(options("--queue=memory"), MemoryReactorClock())
         self.assertIsNone(memory.job_server.store)
@@ -210,11 +213,13 @@ class MakeServiceTests(SynchronousTestCase):
         """
         A store that cannot be opened stops the start with a message.
         """
-        with self.assertRaises(SystemExit) as caught:
-            tap.makeService(
-                options("--queue=sqlite:/nonexistent/directory/x.sqlite"), MemoryReactorClock()
-            )
+        service = tap.makeService(
+            options("--queue=sqlite:/nonexistent/directory/x.sqlite"), MemoryReactorClock()
+        )
+        with self.assertRaises(tap.StartFailed) as caught:
+            service.privilegedStartService()
         self.assertIn("cannot open the job store", str(caught.exception))
+        self.assertEqual(caught.exception.code, str(caught.exception))
 
     def test_stop_listening_first(self) -> None:
         """
@@ -283,18 +288,19 @@ class BindFailureTests(TestCase):
 
     def test_port_in_use(self) -> None:
         """
-        Starting on a port already in use raises.
+        Starting on a port already in use fails the start, naming it.
         """
         from twisted.internet import reactor
-        from twisted.internet.error import CannotListenError
 
         taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         self.addCleanup(taken.close)
         port = taken.getsockname()[1]
-        service = tap.makeService(options(f"--port=tcp:{port}:interface=127.0.0.1"), reactor)
-        self.assertRaises(CannotListenError, service.privilegedStartService)
+        description = f"tcp:{port}:interface=127.0.0.1"
+        service = tap.makeService(options(f"--port={description}", "--queue=memory"), reactor)
+        failure = self.assertRaises(tap.StartFailed, service.privilegedStartService)
+        self.assertIn(f"cannot listen on {description}", str(failure))
 
 
 class PluginTests(SynchronousTestCase):
@@ -438,8 +444,13 @@ class SystemdUnitTests(SynchronousTestCase):
         argv = shlex.split(line.split("=", 1)[1])
         self.assertTrue(argv[0].endswith("/twistd"))
         self.assertIn("--nodaemon", argv)
-        o = options(*argv[argv.index("gearmand") + 1 :])
-        self.assertEqual(o["ports"], ["systemd:domain=INET6:index=0"])
+        arguments = argv[argv.index("gearmand") + 1 :]
+        # The systemd: endpoint needs the socket systemd hands over, which
+        # this test has not: check the rest with a plain port.
+        self.assertIn("--port=systemd:domain=INET6:index=0", arguments)
+        arguments.remove("--port=systemd:domain=INET6:index=0")
+        o = options(*arguments, "--port=tcp:0")
+        self.assertEqual(o["ports"], ["tcp:0"])
         self.assertTrue(o["queue"].startswith("sqlite:/var/lib/txgearmand/"))
         socket_unit = unit.with_name("txgearmand.socket").read_text()
         self.assertIn("ListenStream=4730", socket_unit)
@@ -487,3 +498,47 @@ class StartFailureTests(SynchronousTestCase):
             self.assertIn(name, output)
             self.assertNotIn("Traceback", output)
             self.assertEqual(list(workdir.iterdir()), [], option)
+
+    def test_bad_endpoints(self) -> None:
+        """
+        So does each endpoint that cannot be listened on: unknown, out of
+        range, systemd's outside socket activation, TLS without its files,
+        a port in use; and no store file is left.
+        """
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from txgearmand.test import _process
+
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        in_use = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        for port in ["abc", "tcp:99999", "systemd:domain=INET:index=0", "ssl:4731", in_use]:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _process._TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "gearmand",
+                    f"--port={port}",
+                    "--queue=sqlite:jobs.sqlite",
+                ],
+                cwd=workdir,
+                env=_process.environment(),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            output = (result.stdout + result.stderr).decode()
+            self.assertEqual(result.returncode, 1, output)
+            errors = [line for line in output.splitlines() if port in line]
+            self.assertEqual(len(errors), 1, output)
+            self.assertNotIn("Traceback", output)
+            self.assertEqual(list(workdir.iterdir()), [], port)
