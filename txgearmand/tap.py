@@ -470,9 +470,26 @@ class GearmandService(MultiService):
                 raise StartFailed(
                     f"twistd gearmand: cannot open the job store {_safe_url(self.store_url)}: {e}"
                 ) from None
+        for port, description in zip(self._ports, self._descriptions):
+            bound = getattr(port, "_waitingForPort", None)
+            if bound is not None:
+                bound.addCallback(self._log_listening, description)
+        if self.store_url is not None:
+            _LOG.info("Job store: {store}", store=_safe_url(self.store_url))
         for child in self:
             if child not in self._ports:
                 child.privilegedStartService()
+
+    @staticmethod
+    def _log_listening(port: Any, description: str) -> Any:
+        host = port.getHost()
+        where = (
+            f"{host.host}:{host.port}"
+            if hasattr(host, "port")
+            else str(getattr(host, "name", None) or host)
+        )
+        _LOG.info("Listening on {address} ({endpoint})", address=where, endpoint=description)
+        return port
 
     def _close_bound(self) -> None:
         for port in self._ports:
@@ -564,6 +581,7 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
         reactor = _reactor
     settings: Settings = options["settings"]
     _log.set_level(settings.verbose)
+    _LOG.info("{version}", version=version_text())
     settings = fit_open_files(settings)
     # A job server holds many long-lived objects (jobs); with the default
     # thresholds the cyclic collector walks them so often that it halves

@@ -542,3 +542,40 @@ class StartFailureTests(SynchronousTestCase):
             self.assertEqual(len(errors), 1, output)
             self.assertNotIn("Traceback", output)
             self.assertEqual(list(workdir.iterdir()), [], port)
+
+
+class StartLogTests(SynchronousTestCase):
+    """
+    What a good start logs first.
+    """
+
+    def test_first_lines(self) -> None:
+        """
+        The version, every address as bound, and the store (without its
+        password).
+        """
+        from typing import Any, cast
+
+        from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+
+        from txgearmand import __version__
+
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        service = tap.makeService(
+            options("--port=tcp:4731:interface=127.0.0.1", "--queue=memory"),
+            MemoryReactorClock(),
+        )
+        service.store_url = "postgresql://gearman:secret@db/jobs"
+        from txgearmand import store
+
+        self.patch(store, "check_store_url", lambda url: None)
+        service.privilegedStartService()
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn(f"txgearmand {__version__}", text)
+        # (A memory reactor's port says it is bound to every interface.)
+        self.assertRegex(text, r"Listening on [0-9.]+:4731 \(tcp:4731:interface=127.0.0.1\)")
+        self.assertIn("Job store: postgresql://gearman:***@db/jobs", text)
+        self.assertNotIn("secret", text)
