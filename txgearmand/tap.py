@@ -388,6 +388,15 @@ class GearmandOptions(usage.Options):
                 raise usage.UsageError(f"--port {description}: {problem}")
 
 
+# usage.Options shows an option method's docstring as it is: one line each.
+for _method in (
+    GearmandOptions.opt_port,
+    GearmandOptions.opt_max_queue,
+    GearmandOptions.opt_version,
+):
+    _method.__doc__ = " ".join((_method.__doc__ or "").split())
+
+
 class Options(GearmandOptions):
     """
     The options as C{twistd gearmand} reads them: a bad option ends the

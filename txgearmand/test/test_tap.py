@@ -358,6 +358,18 @@ class CommandLineTests(SynchronousTestCase):
                 options(f"--job-handle-prefix={prefix}")
             self.assertIn("--job-handle-prefix", str(raised.exception))
 
+    def test_help_has_no_whitespace_runs(self) -> None:
+        """
+        The help text's descriptions have single spaces (the option
+        methods' docstrings are not shown with their indentation).
+        """
+        import re
+
+        text = str(tap.GearmandOptions())
+        for line in text.splitlines():
+            description = re.sub(r"^\s*(-\w, )?--[\w-]+=?\s*", "", line).strip()
+            self.assertNotIn("   ", description, line)
+
     def test_max_queue_not_negative(self) -> None:
         """
         A negative max-queue limit is refused, not taken as none.
