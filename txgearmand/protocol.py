@@ -151,7 +151,7 @@ class GearmanProtocol(Protocol):
                 try:
                     _HANDLERS[ptype](self, body)
                 except GearmanError as e:
-                    self.send_error(e.code, e.text)
+                    self._refused(ptype, e)
                 except Exception:
                     self._internal_error(ptype)
             if parser.error is not None:
@@ -482,6 +482,16 @@ class GearmanProtocol(Protocol):
 
     # -- errors ---------------------------------------------------------
 
+    def _refused(self, ptype: int, error: GearmanError) -> None:
+        self.log.info(
+            "Refused {request} from {peer}: {code} {text}",
+            request=_name(ptype),
+            peer=self.describe(),
+            code=error.code.decode("ascii", "replace"),
+            text=error.text.decode("utf-8", "replace"),
+        )
+        self.send_error(error.code, error.text)
+
     def _internal_error(self, ptype: int) -> None:
         self.log.failure(
             "Handling packet type {ptype} from {peer} failed", ptype=ptype, peer=self.describe()
@@ -518,6 +528,16 @@ class GearmanProtocol(Protocol):
             self.send_packet(_JOB_CREATED, job.handle)
         else:
             self.reply_when_committed(job)
+
+
+def _name(ptype: int) -> str:
+    """
+    A request's name for the log.
+    """
+    try:
+        return PacketType(ptype).name
+    except ValueError:
+        return "admin command" if ptype == wire.TEXT_LINE else str(ptype)
 
 
 def _keep_alive(transport: object, seconds: float) -> None:

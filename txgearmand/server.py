@@ -55,6 +55,17 @@ _NOT_FOUND_RESULT = b"Job given in work result not found"
 DEFAULT_FACTORY = "txgearmand.protocol.GearmanServerFactory"
 
 
+#: How much of an exception's text the log shows.
+_LOGGED_TEXT = 200
+
+
+def _t(value: bytes) -> str:
+    """
+    Bytes from the wire as text for the log (not a Python repr).
+    """
+    return value.decode("utf-8", "backslashreplace")
+
+
 def _b(value: Union[str, bytes]) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value
 
@@ -263,9 +274,10 @@ class JobServer(Service):
             self.workers.unsleep(participant)
         for job in list(participant.held.values()):
             self.log.info(
-                "Worker {worker} went away holding {handle}",
+                "Worker {worker} went away holding job {handle} ({function})",
                 worker=participant.describe(),
-                handle=job.handle,
+                handle=_t(job.handle),
+                function=_t(job.queue.name),
             )
             self._attempt_failed(job)
         for job in list(participant.listening):
@@ -493,8 +505,8 @@ class JobServer(Service):
             return
         self.log.info(
             "Job {handle} ({function}) timed out on {worker}",
-            handle=job.handle,
-            function=job.queue.name,
+            handle=_t(job.handle),
+            function=_t(job.queue.name),
             worker=job.worker.describe() if job.worker else "?",
         )
         with self.output:
@@ -530,15 +542,23 @@ class JobServer(Service):
         limit = self.settings.job_retries
         if limit and job.retries >= limit:
             self.log.info(
-                "Job {handle} failed after {retries} attempts",
-                handle=job.handle,
+                "Job {handle} ({function}) failed: no result in {retries} of {limit} attempts",
+                handle=_t(job.handle),
+                function=_t(job.queue.name),
                 retries=job.retries,
+                limit=limit,
             )
             job.relay(_WORK_FAIL, job.handle)
             self._forget(job)
         elif job.require_listener and not job.listeners:
             self._forget(job)
         else:
+            self.log.info(
+                "Job {handle} ({function}) queued again for attempt {attempt}",
+                handle=_t(job.handle),
+                function=_t(job.queue.name),
+                attempt=job.retries + 1,
+            )
             job.numerator = job.denominator = b"0"
             self.enqueue_job(job)
 
@@ -592,6 +612,11 @@ class JobServer(Service):
         job = self.table.by_handle.get(handle)
         if job is None:
             return False
+        self.log.info(
+            "Job {handle} ({function}) cancelled",
+            handle=_t(handle),
+            function=_t(job.queue.name),
+        )
         job.relay(_WORK_FAIL, handle)
         self._take_away(job)
         self._finish(job)
@@ -656,6 +681,12 @@ class JobServer(Service):
         """
         job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT)
         if job is not None:
+            self.log.info(
+                "Job {handle} ({function}) failed on {worker} (WORK_FAIL)",
+                handle=_t(handle),
+                function=_t(job.queue.name),
+                worker=worker.describe(),
+            )
             job.relay(_WORK_FAIL, handle)
             worker.jobs_done += 1
             self._finish(job)
@@ -670,6 +701,13 @@ class JobServer(Service):
             worker, handle, b"An exception was received for a job that does not exist"
         )
         if job is not None:
+            self.log.info(
+                "Job {handle} ({function}) raised on {worker}: {exception}",
+                handle=_t(handle),
+                function=_t(job.queue.name),
+                worker=worker.describe(),
+                exception=_t(data[:_LOGGED_TEXT]) + ("..." if len(data) > _LOGGED_TEXT else ""),
+            )
             job.relay_exception(data, self.settings.exceptions)
             worker.jobs_done += 1
             # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL.
