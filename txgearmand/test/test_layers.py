@@ -58,6 +58,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand._socketpair": LEAVES,
     "txgearmand._direct": LEAVES,
     "txgearmand._host": LEAVES,
+    "txgearmand.jsonlog": LEAVES,
     "txgearmand.endpoints": LEAVES,
     # (txgearmand.store and txgearmand.store.*: see STORE_PACKAGE.)
     # 1: the model.

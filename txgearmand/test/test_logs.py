@@ -118,3 +118,73 @@ class JobLogTests(ServerTestMixin, SynchronousTestCase):
         client.send(P.SUBMIT_JOB_BG, b"resize", b"", b"y")
         event = self.logged("Refused SUBMIT_JOB_BG from")
         self.assertEqual(event["code"], "QUEUE_ERROR")
+
+
+class JSONLogTests(SynchronousTestCase):
+    """
+    C{twistd --logger=txgearmand.jsonlog.observer}.
+    """
+
+    def test_every_line_is_json(self) -> None:
+        """
+        A server run with the JSON observer writes one JSON object per
+        line, each a log event with its fields as data.
+        """
+        import json
+        import os
+        import signal
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from txgearmand.test import _process
+
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        port = _process.free_port()
+        log = workdir / "log.jsonl"
+        env = _process.environment()
+        env["TXGEARMAND_JSON_LOG"] = str(log)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _process._TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logger=txgearmand.jsonlog.observer",
+                "gearmand",
+                f"--port=tcp:{port}:interface=127.0.0.1",
+                "--queue=memory",
+                "--max-queue=f=1",
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def kill() -> None:
+            if process.poll() is None:
+                process.kill()
+                process.wait(_process.STOP_TIMEOUT)
+
+        self.addCleanup(kill)
+        _process.wait_for_port(port, process, _process.START_TIMEOUT)
+        from txgearmand.wire import encode_request
+
+        _process.request(
+            port,
+            encode_request(P.SUBMIT_JOB_BG, b"f", b"", b"1")
+            + encode_request(P.SUBMIT_JOB_BG, b"f", b"", b"2"),
+            2,
+        )
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(_process.STOP_TIMEOUT)
+        lines = log.read_text().splitlines()
+        self.assertGreater(len(lines), 3)
+        events = [json.loads(line) for line in lines]
+        refused = [e for e in events if e.get("log_format", "").startswith("Refused")]
+        self.assertEqual(len(refused), 1)
+        self.assertEqual(refused[0]["code"], "QUEUE_ERROR")
+        self.assertEqual(refused[0]["request"], "SUBMIT_JOB_BG")
