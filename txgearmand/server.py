@@ -37,6 +37,7 @@ from txgearmand.job import HIGH, JOB_OVERHEAD, LOW, NORMAL, Job, JobState, JobTa
 from txgearmand.records import FunctionQueue, Participant
 from txgearmand.schedule import Schedule
 from txgearmand.settings import Settings, limits_of
+from txgearmand.stats import StatsReporter
 from txgearmand.wire import MAX_UNIQUE_SIZE, GearmanError, PacketType
 from txgearmand.workers import Workers
 
@@ -132,6 +133,10 @@ class JobServer(Service):
         self.durability = Durability(store, self.output, self._finish)
         self.output.before_flush = self.durability.flush
         self.guard = Guard(reactor, self.settings, self.table)
+        #: Jobs made (not coalesced) and jobs ended, since the start.
+        self.jobs_accepted = 0
+        self.jobs_ended = 0
+        self._stats = StatsReporter(reactor, self.settings.stats_interval, self._stats_sample)
         self._schedule = Schedule(reactor, self._release_due)
         self.workers = Workers(reactor, self.settings, self.registry, self.output, self._take_back)
         self._participants: dict[Participant, None] = {}
@@ -179,6 +184,7 @@ class JobServer(Service):
         super().startService()
         self.accepting = True
         self.guard.start()
+        self._stats.start()
         _log.set_level(self.settings.verbose)
         s = self.settings
         self.log.info(
@@ -242,6 +248,7 @@ class JobServer(Service):
             _cancel(job)
         self._schedule.stop()
         self.guard.stop()
+        self._stats.stop()
         return self.durability.close()
 
     # -- participants (Gearman::Server's "clients") ---------------------
@@ -260,6 +267,18 @@ class JobServer(Service):
         Every participant, in the order they arrived.
         """
         return list(self._participants)
+
+    def _stats_sample(self) -> tuple[int, int, int, int, int, int]:
+        running = self.jobs_running()
+        workers = sum(1 for p in self._participants if p.abilities)
+        return (
+            self.jobs_outstanding(),
+            running,
+            workers,
+            len(self._participants) - workers,
+            self.jobs_accepted,
+            self.jobs_ended,
+        )
 
     def note_disconnected_client(self, participant: Participant) -> None:
         """
@@ -428,6 +447,7 @@ class JobServer(Service):
         table.by_handle[job.handle] = job
         job.cost = size
         table.held_bytes += size
+        self.jobs_accepted += 1
         if unique:
             table.index_unique(job)
         if background:
@@ -593,6 +613,7 @@ class JobServer(Service):
         if by_handle.get(job.handle) is job:
             del by_handle[job.handle]
             table.held_bytes -= job.cost
+            self.jobs_ended += 1
         if job.coalesce_key is not None:
             table.unindex_unique(job)
         if job.store_id is not None:

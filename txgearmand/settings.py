@@ -152,6 +152,8 @@ class Settings:
         probes look for a dead peer (C{0}: no keep-alive).
     @ivar max_connections: connections served at once (C{0}: no limit);
         more are closed as they arrive.
+    @ivar stats_interval: seconds between one-line summaries in the log
+        (C{0}: none).
     """
 
     wakeup: int = 3
@@ -175,6 +177,7 @@ class Settings:
     read_timeout: float = 60.0
     tcp_keepalive: float = 120.0
     max_connections: int = 0
+    stats_interval: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         _check("wakeup", self.wakeup >= -1, "must be -1 (all), 0 (none) or a count")
@@ -221,6 +224,7 @@ class Settings:
         _check("read_timeout", self.read_timeout >= 0, "must be 0 (none) or seconds")
         _check("tcp_keepalive", self.tcp_keepalive >= 0, "must be 0 (off) or seconds")
         _check("max_connections", self.max_connections >= 0, "must be 0 (no limit) or a count")
+        _check("stats_interval", self.stats_interval >= 0, "must be 0 (none) or seconds")
 
     def timeout_seconds(self, value: float) -> float | None:
         """

@@ -258,6 +258,14 @@ class GearmandOptions(usage.Options):
             _number(float, "tcp-keepalive"),
         ],
         [
+            "stats-interval",
+            None,
+            0.0,
+            "Log a one-line summary (jobs queued and running, workers, clients, "
+            "jobs/s in and out) every this many seconds (0: never).",
+            _number(float, "stats-interval"),
+        ],
+        [
             "max-connections",
             None,
             0,
@@ -365,6 +373,7 @@ class GearmandOptions(usage.Options):
                 read_timeout=self["read-timeout"],
                 tcp_keepalive=self["tcp-keepalive"],
                 max_connections=self["max-connections"],
+                stats_interval=self["stats-interval"],
                 **extra,
             )
         except SettingsError as e:

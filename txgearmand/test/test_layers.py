@@ -73,6 +73,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.doors": MODEL,
     "txgearmand.drain": MODEL,
     "txgearmand.guard": MODEL,
+    "txgearmand.stats": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
     # 3: adapters.

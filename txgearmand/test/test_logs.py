@@ -188,3 +188,41 @@ class JSONLogTests(SynchronousTestCase):
         self.assertEqual(len(refused), 1)
         self.assertEqual(refused[0]["code"], "QUEUE_ERROR")
         self.assertEqual(refused[0]["request"], "SUBMIT_JOB_BG")
+
+
+class StatsTests(ServerTestMixin, SynchronousTestCase):
+    """
+    C{stats_interval}: a one-line summary at INFO.
+    """
+
+    def test_summary(self) -> None:
+        """
+        Every interval, a line with the jobs queued and running, workers,
+        clients, and jobs per second in and out; none with an interval of
+        0, and no timer left after the server stops.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.make_server(stats_interval=10)
+        client = self.connect()
+        for _ in range(30):
+            client.submit(b"f", b"x", ptype=P.SUBMIT_JOB_BG)
+        worker = self.connect().can_do(b"f")
+        for _ in range(10):
+            handle = worker.grab()[1][0]
+            worker.send(P.WORK_COMPLETE, handle, b"")
+        worker.grab()
+        self.clock.advance(10)
+        [line] = [e for e in events if e.get("log_namespace", "").startswith("txgearmand.stats")]
+        self.assertEqual(
+            formatEvent(line),
+            "Stats: 19 queued, 1 running, 1 workers, 1 clients; 3.0 jobs/s in, 1.0 jobs/s out",
+        )
+        self.clock.advance(10)
+        self.assertEqual(
+            len([e for e in events if e.get("log_namespace", "").startswith("txgearmand.stats")]), 2
+        )
+        self.server.stopService()
+        self.assert_no_timers()
