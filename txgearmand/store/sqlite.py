@@ -13,10 +13,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from txgearmand import _log
 from txgearmand.interfaces import IJobStore, StoredJob
 from txgearmand.store._batch import Batch, ThreadedStore
 
-__all__ = ["SQLiteStore", "check_sqlite"]
+__all__ = ["C_TABLE", "NotAQueueFile", "SQLiteStore", "check_sqlite"]
+
+_LOG = _log.logger("txgearmand.store.sqlite")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS txgearmand_jobs (
@@ -59,15 +62,106 @@ _SELECT = (
 )
 
 
+#: C gearmand's libsqlite3 queue: its default table and the columns read.
+C_TABLE = "gearman_queue"
+_C_COLUMNS = frozenset({"unique_key", "function_name", "priority", "data", "when_to_run"})
+_C_IMPORTED = "gearman_queue_imported_by_txgearmand"
+
+
+class NotAQueueFile(ValueError):
+    """
+    The SQLite file holds neither txgearmand's jobs nor C gearmand's queue.
+    """
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
 def _connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     # Every statement is read to its end: PyPy's sqlite3 otherwise leaves
     # it open, and COMMIT then fails with "SQL statements in progress".
+    tables = _tables(db)
+    if tables and "txgearmand_jobs" not in tables and C_TABLE not in tables:
+        db.close()
+        raise NotAQueueFile(
+            f"{path} is an SQLite file with neither txgearmand's jobs nor C gearmand's"
+            f" {C_TABLE} table (it has: {', '.join(sorted(tables))})"
+        )
     db.execute("PRAGMA journal_mode=WAL").fetchall()
     # FULL: a committed transaction survives a power cut, not only a crash.
     db.execute("PRAGMA synchronous=FULL").fetchall()
     db.execute(_SCHEMA).fetchall()
+    if C_TABLE in tables:
+        _import_c_queue(db, path)
     return db
+
+
+def _import_c_queue(db: sqlite3.Connection, path: str) -> int:
+    """
+    Bring C gearmand's queued jobs (its libsqlite3 table) into ours, once,
+    in one transaction; C's table is renamed, not dropped, so nothing is
+    lost and it is not imported twice.
+
+    @return: how many jobs were imported.
+    @raise NotAQueueFile: if the table lacks C's columns.
+    """
+    columns = {r[1] for r in db.execute(f"PRAGMA table_info({C_TABLE})")}
+    if not _C_COLUMNS <= columns:
+        raise NotAQueueFile(
+            f"{path}: table {C_TABLE} lacks C gearmand's columns"
+            f" ({', '.join(sorted(_C_COLUMNS - columns))})"
+        )
+    cursor = db.cursor()
+    cursor.execute("BEGIN IMMEDIATE")
+    try:
+        rows = cursor.execute(
+            f"SELECT rowid, unique_key, function_name, priority, data, when_to_run"
+            f" FROM {C_TABLE} ORDER BY rowid"
+        ).fetchall()
+        (top,) = cursor.execute("SELECT COALESCE(MAX(id), 0) FROM txgearmand_jobs").fetchone()
+        for n, (rowid, unique, function, priority, data, when) in enumerate(rows, 1):
+            cursor.execute(
+                _INSERT,
+                (
+                    top + n,
+                    b"C:%d" % rowid,
+                    _blob(function),
+                    _blob(unique),
+                    _blob(data),
+                    priority if priority in (0, 1, 2) else 1,
+                    float(when) if when else None,
+                    b"",
+                ),
+            )
+        cursor.execute(f"ALTER TABLE {C_TABLE} RENAME TO {_C_IMPORTED}")
+        cursor.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            cursor.execute("ROLLBACK")
+        raise
+    finally:
+        cursor.close()
+    _LOG.info(
+        "Imported {n} queued jobs from C gearmand's {table} table in {path}"
+        " (the table is kept as {kept})",
+        n=len(rows),
+        table=C_TABLE,
+        path=path,
+        kept=_C_IMPORTED,
+    )
+    return len(rows)
+
+
+def _blob(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return str(value).encode("utf-8")
 
 
 def check_sqlite(path: str) -> None:
