@@ -433,6 +433,10 @@ class StartFailed(SystemExit, Exception):
     """
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
 def _safe_url(url: str) -> str:
     """
     A store URL without its password.
@@ -479,14 +483,17 @@ class GearmandService(MultiService):
                 port.privilegedStartService()
             except Exception as e:
                 self._close_bound()
-                raise StartFailed(f"twistd gearmand: cannot listen on {description}: {e}") from None
+                raise StartFailed(
+                    f"twistd gearmand: cannot listen on {description}: {_one_line(e)}"
+                ) from None
         if self.store_url is not None:
             try:
                 store.check_store_url(self.store_url)
             except Exception as e:
                 self._close_bound()
                 raise StartFailed(
-                    f"twistd gearmand: cannot open the job store {_safe_url(self.store_url)}: {e}"
+                    f"twistd gearmand: cannot open the job store {_safe_url(self.store_url)}:"
+                    f" {_one_line(e)}"
                 ) from None
         for port, description in zip(self._ports, self._descriptions):
             bound = getattr(port, "_waitingForPort", None)

@@ -511,6 +511,44 @@ class StartFailureTests(SynchronousTestCase):
             self.assertNotIn("Traceback", output)
             self.assertEqual(list(workdir.iterdir()), [], option)
 
+    def test_store_password_not_echoed(self) -> None:
+        """
+        A store that cannot be opened ends the start with one line that
+        names it without its password.
+        """
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from txgearmand.test import _process
+
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _process._TWISTD,
+                "-n",
+                "--pidfile=",
+                "gearmand",
+                f"--port=tcp:{_process.free_port()}:interface=127.0.0.1",
+                "--queue=postgresql://bob:hunter2@127.0.0.1:1/jobs",
+            ],
+            cwd=workdir,
+            env=_process.environment(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertNotIn("hunter2", output)
+        self.assertNotIn("Traceback", output)
+        errors = [line for line in output.splitlines() if "cannot open the job store" in line]
+        self.assertEqual(len(errors), 1, output)
+        self.assertIn("postgresql://bob:***@127.0.0.1:1/jobs", errors[0])
+
     def test_bad_endpoints(self) -> None:
         """
         So does each endpoint that cannot be listened on: unknown, out of
