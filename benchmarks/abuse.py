@@ -36,62 +36,10 @@ from typing import Any
 
 from txgearmand import _host, wire
 from txgearmand.test import _process
+from txgearmand.test._process import PacketConnection
 from txgearmand.wire import PacketType as P
 
 MiB = 1024**2
-
-
-class Conn:
-    """
-    A blocking socket speaking Gearman packets, with bounded waits.
-    """
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.parser = wire.PacketParser(max_packet_size=1 << 30, magic=wire.RESPONSE_MAGIC)
-        self.pending: list[tuple[int, bytes]] = []
-
-    def send(self, ptype: int, *args: bytes) -> None:
-        self.sock.sendall(wire.encode_request(ptype, *args))
-
-    def recv(self) -> tuple[int, bytes]:
-        while not self.pending:
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("closed by the server")
-            self.pending.extend(self.parser.feed(data))
-        return self.pending.pop(0)
-
-    def expect(self, ptype: int) -> bytes:
-        while True:
-            got, body = self.recv()
-            if got != P.NOOP:
-                break
-        if got != ptype:
-            raise AssertionError(f"expected {ptype!r}, got {got!r}")
-        return body
-
-    def round_trip(self) -> float:
-        start = time.monotonic()
-        self.send(P.ECHO_REQ, b"ping")
-        self.expect(P.ECHO_RES)
-        return time.monotonic() - start
-
-    def closed_by_server(self, timeout: float) -> bool:
-        self.sock.settimeout(timeout)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if not self.sock.recv(1 << 16):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except OSError:
-            return False
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Run:
@@ -105,7 +53,7 @@ class Run:
             self.workdir, "--queue=memory", *extra, python=python
         )
         self.root = root
-        self.conns: list[Conn] = []
+        self.conns: list[PacketConnection] = []
 
     def __enter__(self) -> Run:
         env_root = str(self.root)
@@ -122,8 +70,8 @@ class Run:
             c.close()
         self.server.kill()
 
-    def conn(self) -> Conn:
-        c = Conn(self.server.port)
+    def conn(self) -> PacketConnection:
+        c = PacketConnection(self.server.port)
         self.conns.append(c)
         return c
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import txgearmand
+from txgearmand import wire
+from txgearmand.wire import PacketType
 
 #: The directory that holds the txgearmand package under test.
 PACKAGE_ROOT = str(Path(txgearmand.__file__).resolve().parent.parent)
@@ -304,3 +306,69 @@ def has_perl_module(module: str) -> bool:
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+class PacketConnection:
+    """
+    A blocking socket speaking Gearman packets, with bounded waits.
+    """
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.parser = wire.PacketParser(max_packet_size=1 << 30, magic=wire.RESPONSE_MAGIC)
+        self.pending: list[tuple[int, bytes]] = []
+
+    def send(self, ptype: int, *args: bytes) -> None:
+        self.sock.sendall(wire.encode_request(ptype, *args))
+
+    def recv(self) -> tuple[int, bytes]:
+        """
+        The next packet (or raise if the connection closes or times out).
+        """
+        while not self.pending:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("closed by the server")
+            self.pending.extend(self.parser.feed(data))
+        return self.pending.pop(0)
+
+    def expect(self, ptype: int) -> bytes:
+        """
+        Skip NOOPs; the body of the next packet, which must be C{ptype}.
+        """
+        while True:
+            got, body = self.recv()
+            if got != PacketType.NOOP:
+                break
+        if got != ptype:
+            raise AssertionError(f"expected {ptype!r}, got {got!r} {body[:100]!r}")
+        return body
+
+    def round_trip(self) -> float:
+        """
+        Seconds an ECHO takes.
+        """
+        start = time.monotonic()
+        self.send(PacketType.ECHO_REQ, b"ping")
+        assert self.expect(PacketType.ECHO_RES) == b"ping"
+        return time.monotonic() - start
+
+    def closed_by_server(self, timeout: float) -> bool:
+        """
+        Whether the server closes the connection within C{timeout}
+        (whatever it sends first is read and dropped).
+        """
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if not self.sock.recv(1 << 16):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except OSError:
+            return False
+        return False
+
+    def close(self) -> None:
+        self.sock.close()

@@ -499,6 +499,21 @@ class ConnectionLimitTests(ServerTestMixin, SynchronousTestCase):
         self.assertIsInstance(factory.buildProtocol(addr), GearmanProtocol)
 
 
+def serve_and_connect(test: TestCase, settings: dict[str, Any]) -> tuple[JobServer, socket.socket]:
+    """
+    A job server with these settings on a real loopback port, and a
+    client socket connected to it; all closed at the test's cleanup.
+    """
+    server = JobServer(reactor, job_handle_prefix=b"H:t", **settings)
+    server.startService()
+    test.addCleanup(server.stopService)
+    port = reactor.listenTCP(0, GearmanServerFactory(server), interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    sock = socket.create_connection(("127.0.0.1", port.getHost().port))  # type: ignore[attr-defined]
+    test.addCleanup(sock.close)
+    return server, sock
+
+
 class OutputLimitTests(TestCase):
     """
     Output limits, on a real loopback connection (its kernel buffers fill
@@ -509,14 +524,8 @@ class OutputLimitTests(TestCase):
 
     @defer.inlineCallbacks
     def stream_to_non_reader(self, **settings: Any) -> Any:
-        server = JobServer(reactor, job_handle_prefix=b"H:t", **settings)
-        server.startService()
-        self.addCleanup(server.stopService)
-        port = reactor.listenTCP(0, GearmanServerFactory(server), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        sock = socket.create_connection(("127.0.0.1", port.getHost().port))  # type: ignore[attr-defined]
+        server, sock = serve_and_connect(self, settings)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.addCleanup(sock.close)
         sock.sendall(wire.encode_request(_P.SUBMIT_JOB, b"stream", b"", b"go"))
         peer = RecordingPeer.join(server, "worker")
         assert peer.participant is not None
@@ -627,13 +636,7 @@ class KeepAliveTests(TestCase):
 
     @defer.inlineCallbacks
     def accepted_socket(self, **settings: Any) -> Any:
-        server = JobServer(reactor, job_handle_prefix=b"H:t", **settings)
-        server.startService()
-        self.addCleanup(server.stopService)
-        port = reactor.listenTCP(0, GearmanServerFactory(server), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        sock = socket.create_connection(("127.0.0.1", port.getHost().port))  # type: ignore[attr-defined]
-        self.addCleanup(sock.close)
+        server, _sock = serve_and_connect(self, settings)
         for _ in range(200):
             if server.clients():
                 break

@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand import _host, wire
 from txgearmand.test import _process
+from txgearmand.test._process import PacketConnection
 from txgearmand.wire import PacketType
 
 _P = PacketType
@@ -51,72 +52,6 @@ def limits(port: int) -> dict[str, int]:
     return out
 
 
-class Conn:
-    """
-    A blocking socket speaking Gearman packets, with bounded waits.
-    """
-
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.parser = wire.PacketParser(max_packet_size=1 << 30, magic=wire.RESPONSE_MAGIC)
-        self.pending: list[tuple[int, bytes]] = []
-
-    def send(self, ptype: int, *args: bytes) -> None:
-        self.sock.sendall(wire.encode_request(ptype, *args))
-
-    def recv(self) -> tuple[int, bytes]:
-        """
-        The next packet (or raise if the connection closes or times out).
-        """
-        while not self.pending:
-            data = self.sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("closed by the server")
-            self.pending.extend(self.parser.feed(data))
-        return self.pending.pop(0)
-
-    def expect(self, ptype: int) -> bytes:
-        """
-        Skip NOOPs; the body of the next packet, which must be C{ptype}.
-        """
-        while True:
-            got, body = self.recv()
-            if got != _P.NOOP:
-                break
-        if got != ptype:
-            raise AssertionError(f"expected {ptype!r}, got {got!r} {body[:100]!r}")
-        return body
-
-    def round_trip(self) -> float:
-        """
-        Seconds an ECHO takes.
-        """
-        start = time.monotonic()
-        self.send(_P.ECHO_REQ, b"ping")
-        assert self.expect(_P.ECHO_RES) == b"ping"
-        return time.monotonic() - start
-
-    def closed_by_server(self, timeout: float) -> bool:
-        """
-        Whether the server closes the connection within C{timeout}
-        (whatever it sends first is read and dropped).
-        """
-        self.sock.settimeout(timeout)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if not self.sock.recv(1 << 16):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except socket.timeout:
-            return False
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class HardeningTests(SynchronousTestCase):
     """
     Attacks on a real server process, and a normal client beside them.
@@ -130,8 +65,8 @@ class HardeningTests(SynchronousTestCase):
         server.start()
         return server
 
-    def conn(self, server: _process.Server) -> Conn:
-        c = Conn(server.port)
+    def conn(self, server: _process.Server) -> PacketConnection:
+        c = PacketConnection(server.port)
         self.addCleanup(c.close)
         return c
 
@@ -206,7 +141,7 @@ class HardeningTests(SynchronousTestCase):
         before = self.rss(server)
         size = 60 * MiB
         body = b"f\0\0" + b"x" * (MiB - 3)
-        held: list[Conn] = []
+        held: list[PacketConnection] = []
         refused = 0
         for _ in range(40):
             c = self.conn(server)
@@ -255,7 +190,7 @@ class HardeningTests(SynchronousTestCase):
             # A connection each: a refusal may come on the packet's header
             # (ERROR, then the connection is closed) or once it is whole
             # (ERROR, and the connection stays).
-            client = Conn(server.port)
+            client = PacketConnection(server.port)
             try:
                 client.send(_P.SUBMIT_JOB_BG, b"big", b"u%d" % i, payload)
             except OSError:
@@ -338,7 +273,7 @@ class HardeningTests(SynchronousTestCase):
 
 def _try_round_trip(port: int) -> bool:
     try:
-        c = Conn(port, timeout=2)
+        c = PacketConnection(port, timeout=2)
     except OSError:
         return False
     try:

@@ -473,19 +473,42 @@ class StartFailureTests(SynchronousTestCase):
     A bad option, as an operator meets it: C{twistd gearmand} as a process.
     """
 
+    def setUp(self) -> None:
+        from pathlib import Path
+
+        self.workdir = Path(self.mktemp()).resolve()
+        self.workdir.mkdir(parents=True)
+
+    def twistd(self, *gearmand: str) -> str:
+        """
+        Run C{twistd -n gearmand} with these options in the work directory,
+        where it must fail: check it exits 1 without a traceback and leaves
+        no file behind; return what it printed.
+        """
+        import subprocess
+        import sys
+
+        from txgearmand.test import _process
+
+        result = subprocess.run(
+            [sys.executable, "-c", _process._TWISTD, "-n", "--pidfile=", "gearmand", *gearmand],
+            cwd=self.workdir,
+            env=_process.environment(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(list(self.workdir.iterdir()), [], gearmand)
+        return output
+
     def test_bad_options(self) -> None:
         """
         Each bad option ends the start with one line naming it, exit
         status 1, no help text, no traceback, and no store file.
         """
-        import subprocess
-        import sys
-        from pathlib import Path
-
-        from txgearmand.test import _process
-
-        workdir = Path(self.mktemp()).resolve()
-        workdir.mkdir(parents=True)
         cases = [
             ("--wakeup=abc", "--wakeup"),
             ("--read-timeout=soon", "--read-timeout"),
@@ -496,55 +519,22 @@ class StartFailureTests(SynchronousTestCase):
             ("--bogus", "--bogus"),
         ]
         for option, name in cases:
-            result = subprocess.run(
-                [sys.executable, "-c", _process._TWISTD, "-n", "--pidfile=", "gearmand", option],
-                cwd=workdir,
-                env=_process.environment(),
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
-            output = (result.stdout + result.stderr).decode()
-            self.assertEqual(result.returncode, 1, output)
+            output = self.twistd(option)
             self.assertEqual(len(output.strip().splitlines()), 1, output)
             self.assertIn(name, output)
-            self.assertNotIn("Traceback", output)
-            self.assertEqual(list(workdir.iterdir()), [], option)
 
     def test_store_password_not_echoed(self) -> None:
         """
         A store that cannot be opened ends the start with one line that
         names it without its password.
         """
-        import subprocess
-        import sys
-        from pathlib import Path
-
         from txgearmand.test import _process
 
-        workdir = Path(self.mktemp()).resolve()
-        workdir.mkdir(parents=True)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _process._TWISTD,
-                "-n",
-                "--pidfile=",
-                "gearmand",
-                f"--port=tcp:{_process.free_port()}:interface=127.0.0.1",
-                "--queue=postgresql://bob:hunter2@127.0.0.1:1/jobs",
-            ],
-            cwd=workdir,
-            env=_process.environment(),
-            capture_output=True,
-            timeout=60,
-            check=False,
+        output = self.twistd(
+            f"--port=tcp:{_process.free_port()}:interface=127.0.0.1",
+            "--queue=postgresql://bob:hunter2@127.0.0.1:1/jobs",
         )
-        output = (result.stdout + result.stderr).decode()
-        self.assertEqual(result.returncode, 1, output)
         self.assertNotIn("hunter2", output)
-        self.assertNotIn("Traceback", output)
         errors = [line for line in output.splitlines() if "cannot open the job store" in line]
         self.assertEqual(len(errors), 1, output)
         self.assertIn("postgresql://bob:***@127.0.0.1:1/jobs", errors[0])
@@ -555,43 +545,15 @@ class StartFailureTests(SynchronousTestCase):
         range, systemd's outside socket activation, TLS without its files,
         a port in use; and no store file is left.
         """
-        import subprocess
-        import sys
-        from pathlib import Path
-
-        from txgearmand.test import _process
-
-        workdir = Path(self.mktemp()).resolve()
-        workdir.mkdir(parents=True)
         taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         self.addCleanup(taken.close)
         in_use = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
         for port in ["abc", "tcp:99999", "systemd:domain=INET:index=0", "ssl:4731", in_use]:
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _process._TWISTD,
-                    "-n",
-                    "--pidfile=",
-                    "gearmand",
-                    f"--port={port}",
-                    "--queue=sqlite:jobs.sqlite",
-                ],
-                cwd=workdir,
-                env=_process.environment(),
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
-            output = (result.stdout + result.stderr).decode()
-            self.assertEqual(result.returncode, 1, output)
+            output = self.twistd(f"--port={port}", "--queue=sqlite:jobs.sqlite")
             errors = [line for line in output.splitlines() if port in line]
             self.assertEqual(len(errors), 1, output)
-            self.assertNotIn("Traceback", output)
-            self.assertEqual(list(workdir.iterdir()), [], port)
 
 
 class StartLogTests(SynchronousTestCase):
