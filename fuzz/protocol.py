@@ -1282,7 +1282,7 @@ def _check_status(server: JobServer) -> None:
 def _check_timers(server: JobServer, clock: Clock) -> None:
     """
     Every pending timer is a function's wake-up, a running job's timeout,
-    the guard's sweep, or (at most one) the schedule's.
+    the guard's sweep, the store's watch, or (at most one) the schedule's.
     """
     from txgearmand.records import JobState
 
@@ -1292,6 +1292,8 @@ def _check_timers(server: JobServer, clock: Clock) -> None:
         for job in server.jobs()
         if job.timer is not None and job.state is JobState.RUNNING
     )
+    if server.durability.watch_timer is not None:
+        known.add(id(server.durability.watch_timer))
     sweep = server.guard.sweep
     others = [
         call

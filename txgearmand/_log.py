@@ -14,7 +14,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
-__all__ = ["LEVELS", "logger", "set_level"]
+__all__ = ["LEVELS", "debugging", "logger", "set_level"]
 
 #: C gearmand's verbosity names and the Twisted level each one shows.
 LEVELS: dict[str, LogLevel] = {
@@ -29,6 +29,10 @@ LEVELS: dict[str, LogLevel] = {
 }
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+#: Whether DEBUG events pass the filter: per-job events are only built
+#: when they do (read on the hot path, so a plain module attribute).
+debugging = False
 
 
 _observer = FilteringLogObserver(globalLogPublisher, [_predicate])
@@ -45,4 +49,7 @@ def set_level(name: str) -> None:
     """
     Show events at this C gearmand level name and above.
     """
-    _predicate.setLogLevelForNamespace("", LEVELS[name.upper()])
+    global debugging
+    level = LEVELS[name.upper()]
+    _predicate.setLogLevelForNamespace("", level)
+    debugging = level == LogLevel.debug

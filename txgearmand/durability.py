@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from txgearmand import _log
@@ -38,12 +39,21 @@ class Durability:
 
     @ivar store: the L{IJobStore}, or L{None}.
     @ivar ready: False until the store is opened and loaded.
+    @ivar slow: a write has taken longer than the slow threshold, and none
+        has been quick since.
+    @ivar watch_timer: the timer that looks at the writes still running
+        (only while there are some), or L{None}.
     """
 
     log = _log.logger("txgearmand.durability")
 
     def __init__(
-        self, store: IJobStore | None, batch: OutputBatch, lost: Callable[[Job], None]
+        self,
+        store: IJobStore | None,
+        batch: OutputBatch,
+        lost: Callable[[Job], None],
+        clock: IReactorTime | None = None,
+        slow_seconds: float = 0.0,
     ) -> None:
         """
         @param batch: the server's output batch: writes go to the store
@@ -51,6 +61,10 @@ class Durability:
             its next turn.
         @param lost: called with a background job the store refused, to
             end it.
+        @param clock: times the store's writes (without it, they are not
+            watched).
+        @param slow_seconds: a write taking longer makes the store slow
+            (logged once, and its recovery too); C{0}: not watched.
         """
         self.store = store
         self.ready = store is None
@@ -61,6 +75,12 @@ class Durability:
         self._to_store: dict[int, Job] = {}
         self._to_remove: list[int] = []
         self._not_stored: list[Job] = []
+        self._clock = clock
+        self._slow_after = slow_seconds if clock is not None else 0.0
+        self._writing: dict[int, float] = {}
+        self._writes = 0
+        self.watch_timer: IDelayedCall | None = None
+        self.slow = False
 
     # -- start and stop -------------------------------------------------
 
@@ -158,6 +178,9 @@ class Durability:
         if store is None or not self.ready:
             return succeed(None)
         self.flush()
+        if self.watch_timer is not None and self.watch_timer.active():
+            self.watch_timer.cancel()
+        self.watch_timer = None
         d: Deferred[Any] = maybeDeferred(store.close)
         d.addErrback(lambda f: self.log.failure("Closing the job store failed", f))
         return d.addCallback(lambda _: None)
@@ -221,10 +244,75 @@ class Durability:
                     for job in jobs
                 ]
             )
+            if self._slow_after:
+                d.addBoth(self._wrote, self._writing_started(), len(jobs))
             d.addBoth(self._committed, jobs)
         if self._to_remove:
             ids, self._to_remove = self._to_remove, []
-            store.remove_many(ids).addErrback(_logged_by_the_store)
+            d = store.remove_many(ids)
+            if self._slow_after:
+                d.addBoth(self._wrote, self._writing_started(), len(ids))
+            d.addErrback(_logged_by_the_store)
+
+    # -- is the store slow? ---------------------------------------------
+
+    def _writing_started(self) -> int:
+        assert self._clock is not None
+        self._writes += 1
+        self._writing[self._writes] = self._clock.seconds()
+        if self.watch_timer is None:
+            self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
+        return self._writes
+
+    def _wrote(self, result: object, write: int, changes: int) -> object:
+        assert self._clock is not None
+        started = self._writing.pop(write, None)
+        if started is None:
+            return result
+        took = self._clock.seconds() - started
+        if took > self._slow_after:
+            self._became_slow("writing {changes} job changes took {seconds:.3f} s", changes, took)
+        elif self.slow and not self._waited_too_long():
+            self.slow = False
+            self.log.info(
+                "The job store is quick again: writing {changes} job changes took {seconds:.3f} s",
+                changes=changes,
+                seconds=took,
+            )
+        return result
+
+    def _became_slow(self, how: str, changes: int, seconds: float) -> None:
+        if self.slow:
+            return
+        self.slow = True
+        self.log.warn(
+            "The job store is slow: " + how + " (more than {threshold} s); jobs are"
+            " acknowledged only once it has them",
+            changes=changes,
+            seconds=seconds,
+            threshold=self._slow_after,
+        )
+
+    def _waited_too_long(self) -> float:
+        """
+        How long the oldest write still running has waited, if longer than
+        the threshold (else 0).
+        """
+        assert self._clock is not None
+        if not self._writing:
+            return 0.0
+        waited = self._clock.seconds() - next(iter(self._writing.values()))
+        return waited if waited > self._slow_after else 0.0
+
+    def _check_writes(self) -> None:
+        # Runs only while writes are outstanding: a store that hangs is
+        # reported before it fails.
+        self.watch_timer = None
+        waited = self._waited_too_long()
+        if waited:
+            self._became_slow("a write has waited {seconds:.3f} s", 0, waited)
+        if self._writing and self._clock is not None:
+            self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
 
     def _committed(self, result: object, jobs: list[Job]) -> None:
         failure = result if isinstance(result, Failure) else None
@@ -238,7 +326,10 @@ class Durability:
                 if job.state is _DONE:
                     pass
                 elif job.background:
-                    self.log.warn("Dropping {handle}: the store did not take it", handle=job.handle)
+                    self.log.warn(
+                        "Dropping {handle}: the store did not take it",
+                        handle=job.handle.decode("utf-8", "backslashreplace"),
+                    )
                     self._lost(job)
                 else:
                     # The background submissions that joined this foreground

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from txgearmand.interfaces import IPeer
 
 __all__ = [
+    "CLIENT",
     "HIGH",
     "LOW",
     "NORMAL",
+    "WORKER",
     "FunctionQueue",
     "Job",
     "JobState",
@@ -296,6 +298,11 @@ class FunctionQueue:
 #: How many released handles a participant remembers.
 MAX_RELEASED = 256
 
+#: A participant's roles (L{Participant.roles} bits): it submitted a job;
+#: it asked for one.
+CLIENT = 1
+WORKER = 2
+
 
 class Participant:
     """
@@ -314,6 +321,10 @@ class Participant:
     @ivar next_function: where in L{ability_list} the next grab starts.
     @ivar sleeping: sent PRE_SLEEP and was not woken since.
     @ivar jobs_done: jobs it finished since it last slept.
+    @ivar jobs_finished: jobs it finished (result, failure or exception).
+    @ivar jobs_submitted: submissions it made.
+    @ivar roles: the roles it took (L{CLIENT}, L{WORKER}), each logged
+        once.
     @ivar held: the jobs it works on, by handle.
     @ivar listening: the jobs it waits on (an ordered set).
     @ivar exceptions: it asked for WORK_EXCEPTION with OPTION_REQ.
@@ -332,11 +343,14 @@ class Participant:
         "exceptions",
         "held",
         "jobs_done",
+        "jobs_finished",
+        "jobs_submitted",
         "listening",
         "next_function",
         "number",
         "peer",
         "released",
+        "roles",
         "send_packet",
         "sleeping",
         "timeouts",
@@ -356,6 +370,9 @@ class Participant:
         self.next_function = 0
         self.sleeping = False
         self.jobs_done = 0
+        self.jobs_finished = 0
+        self.jobs_submitted = 0
+        self.roles = 0
         self.held: dict[bytes, Job] = {}
         self.listening: dict[Job, None] = {}
         self.exceptions = False

@@ -1,15 +1,17 @@
 # -*- test-case-name: txgearmand.test.test_model -*-
 """
-The job server: the service's life cycle and the flow of a job - submit,
-grab, retry, finish, wake-up, schedule, shutdown.
+The job server: the service's life cycle, its participants, and the flow
+of a job - submit, grab, retry, finish, wake-up, schedule, shutdown - under
+Perl's Gearman::Server's names (C{enqueue_job}, C{grab_job},
+C{wake_up_sleepers}, C{on_client_sleep}, ...).
 
-Method names follow Perl's Gearman::Server (C{enqueue_job}, C{grab_job},
-C{wake_up_sleepers}, C{on_client_sleep}, ...).  The L{JobServer} works on
-the model's records (L{Participant}, L{Job}, L{FunctionQueue}) and never
-touches bytes or connections: it tells a participant's L{IPeer} which
-packet to send.  The parts it is made of: L{JobTable} (handles, uniques),
+The L{JobServer} works on the model's records (L{Participant}, L{Job},
+L{FunctionQueue}) and never touches bytes or connections: it tells a
+participant's L{IPeer} which packet to send.  The parts it is made of:
+L{JobFlow} (a job's steps), L{JobTable} (handles, uniques),
 L{FunctionRegistry} (functions, queues, limits), L{Durability} (the store),
-L{OutputBatch} (one write per peer per turn), L{Schedule} (epoch jobs).
+L{OutputBatch} (one write per peer per turn), L{Schedule} (epoch jobs),
+L{Guard} (limits), L{Doors} (ways in without a port).
 """
 
 from __future__ import annotations
@@ -29,42 +31,22 @@ from txgearmand import _log
 from txgearmand.batching import OutputBatch
 from txgearmand.doors import Doors
 from txgearmand.drain import Drain
-from txgearmand.durability import Durability
+from txgearmand.flow import JobFlow, cancel_timer
 from txgearmand.functions import FunctionRegistry
 from txgearmand.guard import Guard
 from txgearmand.interfaces import IJobStore, IPeer
-from txgearmand.job import HIGH, JOB_OVERHEAD, LOW, NORMAL, Job, JobState, JobTable
+from txgearmand.job import NORMAL, Job, JobTable
 from txgearmand.records import FunctionQueue, Participant
-from txgearmand.schedule import Schedule
 from txgearmand.settings import Settings, limits_of
 from txgearmand.stats import StatsReporter
-from txgearmand.wire import MAX_UNIQUE_SIZE, GearmanError, PacketType
-from txgearmand.workers import Workers
+from txgearmand.wire import GearmanError
 
 __all__ = ["FunctionQueue", "GearmanError", "JobServer", "Participant", "Settings"]
-
-_QUEUED = JobState.QUEUED
-_RUNNING = JobState.RUNNING
-_SCHEDULED = JobState.SCHEDULED
-_DONE = JobState.DONE
-_WORK_FAIL = PacketType.WORK_FAIL
-_NOT_FOUND_RESULT = b"Job given in work result not found"
 
 #: The protocol factory of a job server, named rather than imported: the
 #: protocol sits above the server (it drives it), as twistd's
 #: C{ServiceMaker} names its tap module.
 DEFAULT_FACTORY = "txgearmand.protocol.GearmanServerFactory"
-
-
-#: How much of an exception's text the log shows.
-_LOGGED_TEXT = 200
-
-
-def _t(value: bytes) -> str:
-    """
-    Bytes from the wire as text for the log (not a Python repr).
-    """
-    return value.decode("utf-8", "backslashreplace")
 
 
 def _b(value: Union[str, bytes]) -> bytes:
@@ -124,29 +106,62 @@ class JobServer(Service):
 
             reactor = _reactor  # type: ignore[assignment]
         assert reactor is not None
-        self.settings = settings if settings is not None else Settings(**options)
+        self._settings = settings if settings is not None else Settings(**options)
         self.reactor = reactor
         self._pid: int | None = None
         self.table = JobTable(self.settings.job_handle_prefix)
         self.registry = FunctionRegistry(self.settings.max_queue)
         self.output = OutputBatch(reactor)
-        self.durability = Durability(store, self.output, self._finish)
-        self.output.before_flush = self.durability.flush
         self.guard = Guard(reactor, self.settings, self.table)
-        #: Jobs made (not coalesced) and jobs ended, since the start.
-        self.jobs_accepted = 0
-        self.jobs_ended = 0
+        self.drain = Drain(lambda: self.jobs_outstanding() + self.jobs_running())
+        self.flow = JobFlow(
+            reactor,
+            self.settings,
+            self.table,
+            self.registry,
+            self.output,
+            self.guard,
+            self.drain,
+            store,
+        )
+        self.durability = self.flow.durability
+        self.output.before_flush = self.durability.flush
+        self.workers = self.flow.workers
+        self._schedule = self.flow.schedule
         self._stats = StatsReporter(reactor, self.settings.stats_interval, self._stats_sample)
-        self._schedule = Schedule(reactor, self._release_due)
-        self.workers = Workers(reactor, self.settings, self.registry, self.output, self._take_back)
         self._participants: dict[Participant, None] = {}
         self.doors = Doors(reactor, lambda: self.factory, lambda: self.accepting)
         self.children = self.doors.children
         self._factory = factory
         self.accepting = True
-        self.drain = Drain(lambda: self.jobs_outstanding() + self.jobs_running())
         self.stop_listening: Callable[[], Any] | None = None
         self.on_shutdown: Callable[[], Any] | None = None
+
+    @property
+    def jobs_accepted(self) -> int:
+        """
+        Jobs made (not coalesced) since the start.
+        """
+        return self.flow.jobs_accepted
+
+    @property
+    def jobs_ended(self) -> int:
+        """
+        Jobs ended since the start.
+        """
+        return self.flow.jobs_ended
+
+    @property
+    def settings(self) -> Settings:
+        """
+        Its L{Settings}; setting new ones takes effect for what follows.
+        """
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        self._settings = value
+        self.flow.settings = value
 
     @property
     def pid(self) -> int:
@@ -245,7 +260,7 @@ class JobServer(Service):
         for fq in self.registry:
             fq.cancel_wake_timer()
         for job in self.table.by_handle.values():
-            _cancel(job)
+            cancel_timer(job)
         self._schedule.stop()
         self.guard.stop()
         self._stats.stop()
@@ -291,19 +306,7 @@ class JobServer(Service):
         if participant.sleeping:
             # Before its jobs go back: their wake-ups are for others.
             self.workers.unsleep(participant)
-        for job in list(participant.held.values()):
-            self.log.info(
-                "Worker {worker} went away holding job {handle} ({function})",
-                worker=participant.describe(),
-                handle=_t(job.handle),
-                function=_t(job.queue.name),
-            )
-            self._attempt_failed(job)
-        for job in list(participant.listening):
-            if job.remove_listener(participant) and not job.listeners:
-                if job.require_listener and job.state is _QUEUED:
-                    self.log.debug("Dropping {handle}: its clients left", handle=job.handle)
-                    self._finish(job)
+        self.flow.left(participant)
         self.workers.reset_abilities(participant)
 
     # -- limits ---------------------------------------------------------
@@ -411,72 +414,14 @@ class JobServer(Service):
             bytes, C{QUEUE_ERROR} when the function's limit is reached.
         @return: the job (its handle goes in JOB_CREATED).
         """
-        if len(unique) > MAX_UNIQUE_SIZE:
-            raise GearmanError(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
-        if not function:
-            raise GearmanError(b"INVALID_ARGUMENT", b"Function name is empty")
-        durability = self.durability
-        if unique:
-            job = self.table.of_unique(function, unique, data)
-            if job is not None:
-                if background:
-                    job.require_listener = False
-                    if durability.store is not None and job.store_id is None:
-                        durability.keep(job)
-                elif client is not None:
-                    # One entry per submission, as both peers do.
-                    job.add_listener(client)
-                return job
-        table = self.table
-        # Fast path: under the guard's alarm, the budget costs one sum.
-        guard = self.guard
-        size = len(data) + JOB_OVERHEAD
-        if table.held_bytes + guard.partial + guard.output + size > guard.alarm:
-            if not guard.admit(size):
-                guard.refused("submissions")
-                raise GearmanError(
-                    b"QUEUE_ERROR",
-                    b"Server is over its memory budget; try again later or elsewhere",
-                )
-        # Fast path: a known function without limits costs two dict lookups.
-        registry = self.registry
-        fq = registry.by_name.get(function) or registry.function(function)
-        if function in registry.limits_by_name:
-            registry.check_room(fq, priority)
-        job = Job(table.new_handle(), fq, unique, data, priority, background, reducer, when)
-        table.by_handle[job.handle] = job
-        job.cost = size
-        table.held_bytes += size
-        self.jobs_accepted += 1
-        if unique:
-            table.index_unique(job)
-        if background:
-            job.require_listener = False
-            if durability.store is not None:
-                durability.keep(job)
-        elif client is not None:
-            job.listeners = [client]
-            client.listening[job] = None
-        if when is not None and when > self.reactor.seconds():
-            self._schedule.add(job)
-        else:
-            self.enqueue_job(job)
-        return job
+        return self.flow.submit(client, function, unique, data, priority, background, reducer, when)
 
     def enqueue_job(self, job: Job) -> None:
         """
         Put a job at the back of its function's queue for its priority and
         wake sleeping workers.
         """
-        fq = job.queue
-        fq.push(job)
-        if fq.sleepers:
-            self.wake_up_sleepers(fq)
-
-    def _release_due(self, jobs: list[Job]) -> None:
-        with self.output:
-            for job in jobs:
-                self.enqueue_job(job)
+        self.flow.enqueue(job)
 
     def grab_job(self, worker: Participant) -> Job | None:
         """
@@ -487,141 +432,14 @@ class JobServer(Service):
         take turns at equal priority (the search starts after the function
         served last), so none starves.
         """
-        if worker.sleeping:
-            self.workers.unsleep(worker)
-        funcs = worker.ability_list
-        n = len(funcs)
-        if not n:
-            return None
-        start = worker.next_function
-        for priority in (HIGH, NORMAL, LOW):
-            for i in range(n):
-                index = (start + i) % n
-                fq = funcs[index]
-                if fq.queued[priority]:
-                    job = fq.pop(priority)
-                    worker.next_function = (index + 1) % n
-                    job.state = _RUNNING
-                    job.worker = worker
-                    fq.running += 1
-                    worker.held[job.handle] = job
-                    timeout = worker.timeouts.get(fq.name)
-                    if timeout:
-                        job.timer = self.reactor.callLater(timeout, self._job_timed_out, job)
-                    return job
-        return None
-
-    def _take_back(self, job: Job) -> None:
-        """
-        Take a running job from its worker, which still works on it, and
-        count the attempt as failed.
-        """
-        self._take_away(job)
-        self._attempt_failed(job)
-
-    def _job_timed_out(self, job: Job) -> None:
-        job.timer = None
-        if job.state is not _RUNNING:
-            return
-        self.log.info(
-            "Job {handle} ({function}) timed out on {worker}",
-            handle=_t(job.handle),
-            function=_t(job.queue.name),
-            worker=job.worker.describe() if job.worker else "?",
-        )
-        with self.output:
-            self._take_back(job)
-
-    @staticmethod
-    def _take_away(job: Job) -> None:
-        """
-        The server ends a worker's hold on a job while the worker still
-        works on it: its late results will be dropped without an error.
-        """
-        worker = job.worker
-        if worker is not None and worker.connected:
-            worker.remember_released(job.handle)
-
-    @staticmethod
-    def _release(job: Job) -> None:
-        worker = job.worker
-        if worker is not None:
-            worker.held.pop(job.handle, None)
-            job.worker = None
-        job.queue.running -= 1
-        if job.timer is not None:
-            _cancel(job)
-
-    def _attempt_failed(self, job: Job) -> None:
-        """
-        A running job's attempt ended without a result: requeue it at the
-        back of its priority, or fail it once the retry limit is reached.
-        """
-        self._release(job)
-        job.retries += 1
-        limit = self.settings.job_retries
-        if limit and job.retries >= limit:
-            self.log.info(
-                "Job {handle} ({function}) failed: no result in {retries} of {limit} attempts",
-                handle=_t(job.handle),
-                function=_t(job.queue.name),
-                retries=job.retries,
-                limit=limit,
-            )
-            job.relay(_WORK_FAIL, job.handle)
-            self._forget(job)
-        elif job.require_listener and not job.listeners:
-            self._forget(job)
-        else:
-            self.log.info(
-                "Job {handle} ({function}) queued again for attempt {attempt}",
-                handle=_t(job.handle),
-                function=_t(job.queue.name),
-                attempt=job.retries + 1,
-            )
-            job.numerator = job.denominator = b"0"
-            self.enqueue_job(job)
-
-    def _finish(self, job: Job) -> None:
-        """
-        End a job wherever it is: it leaves its queue, its worker, the
-        schedule and every index.
-        """
-        state = job.state
-        if state is _RUNNING:
-            self._release(job)
-        elif state is _QUEUED:
-            job.queue.discard(job)
-        elif state is _SCHEDULED:
-            job.queue.scheduled -= 1
-        self._forget(job)
-
-    def _forget(self, job: Job) -> None:
-        job.state = _DONE
-        for listener in job.listeners:
-            listener.listening.pop(job, None)
-        self.note_job_finished(job)
+        return self.flow.grab(worker)
 
     def note_job_finished(self, job: Job) -> None:
         """
         Drop a finished job from the table, the store and, if it was the
         last thing keeping it, its function.
         """
-        # Fast path: skip the calls that would find nothing to do.
-        table = self.table
-        by_handle = table.by_handle
-        if by_handle.get(job.handle) is job:
-            del by_handle[job.handle]
-            table.held_bytes -= job.cost
-            self.jobs_ended += 1
-        if job.coalesce_key is not None:
-            table.unindex_unique(job)
-        if job.store_id is not None:
-            self.durability.forget(job)
-        if not job.queue.workers:
-            self.registry.forget_if_unused(job.queue)
-        if self.drain.draining:
-            self.drain.check()
+        self.flow.note_finished(job)
 
     def cancel_job(self, handle: bytes) -> bool:
         """
@@ -630,18 +448,7 @@ class JobServer(Service):
 
         @return: whether there was such a job.
         """
-        job = self.table.by_handle.get(handle)
-        if job is None:
-            return False
-        self.log.info(
-            "Job {handle} ({function}) cancelled",
-            handle=_t(handle),
-            function=_t(job.queue.name),
-        )
-        job.relay(_WORK_FAIL, handle)
-        self._take_away(job)
-        self._finish(job)
-        return True
+        return self.flow.cancel(handle)
 
     # -- workers --------------------------------------------------------
 
@@ -650,7 +457,7 @@ class JobServer(Service):
         A worker sent PRE_SLEEP: NOOP it at once if one of its functions
         has a queued job, else it sleeps (see L{Workers.sleep}).
         """
-        self.workers.sleep(worker)
+        self.flow.sleep(worker)
 
     def wake_up_sleepers(self, fq: FunctionQueue) -> None:
         """
@@ -667,11 +474,7 @@ class JobServer(Service):
         """
         WORK_STATUS: remember the progress and tell every listener.
         """
-        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT, False)
-        if job is not None:
-            job.numerator = numerator
-            job.denominator = denominator
-            job.relay(PacketType.WORK_STATUS, handle, numerator, denominator)
+        self.flow.work_status(worker, handle, numerator, denominator)
 
     def work_data(
         self, worker: Participant, handle: bytes, data: bytes, warning: bool = False
@@ -680,37 +483,19 @@ class JobServer(Service):
         WORK_DATA (or, with C{warning}, WORK_WARNING): relay to every
         listener.
         """
-        job = worker.held.get(handle) or _not_held(
-            worker, handle, b"Job does not exist on server", False
-        )
-        if job is not None:
-            job.relay(PacketType.WORK_WARNING if warning else PacketType.WORK_DATA, handle, data)
+        self.flow.work_data(worker, handle, data, warning)
 
     def work_complete(self, worker: Participant, handle: bytes, data: bytes) -> None:
         """
         WORK_COMPLETE: relay the result to every listener; the job ends.
         """
-        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT)
-        if job is not None:
-            job.relay(PacketType.WORK_COMPLETE, handle, data)
-            worker.jobs_done += 1
-            self._finish(job)
+        self.flow.work_complete(worker, handle, data)
 
     def work_fail(self, worker: Participant, handle: bytes) -> None:
         """
         WORK_FAIL: tell every listener; the job ends.
         """
-        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT)
-        if job is not None:
-            self.log.info(
-                "Job {handle} ({function}) failed on {worker} (WORK_FAIL)",
-                handle=_t(handle),
-                function=_t(job.queue.name),
-                worker=worker.describe(),
-            )
-            job.relay(_WORK_FAIL, handle)
-            worker.jobs_done += 1
-            self._finish(job)
+        self.flow.work_fail(worker, handle)
 
     def work_exception(self, worker: Participant, handle: bytes, data: bytes) -> None:
         """
@@ -718,22 +503,7 @@ class JobServer(Service):
         for exceptions (or all, with the C{exceptions} setting) get it, the
         others get WORK_FAIL.
         """
-        job = worker.held.get(handle) or _not_held(
-            worker, handle, b"An exception was received for a job that does not exist"
-        )
-        if job is not None:
-            self.log.info(
-                "Job {handle} ({function}) raised on {worker}: {exception}",
-                handle=_t(handle),
-                function=_t(job.queue.name),
-                worker=worker.describe(),
-                exception=_t(data[:_LOGGED_TEXT]) + ("..." if len(data) > _LOGGED_TEXT else ""),
-            )
-            job.relay_exception(data, self.settings.exceptions)
-            worker.jobs_done += 1
-            # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL.
-            worker.remember_released(handle)
-            self._finish(job)
+        self.flow.work_exception(worker, handle, data)
 
     # -- connections without a port --------------------------------------
 
@@ -792,25 +562,3 @@ class JobServer(Service):
         if self.on_shutdown is not None:
             self.reactor.callLater(0, self.on_shutdown)
         return succeed(None)
-
-
-def _cancel(job: Job) -> None:
-    timer = job.timer
-    if timer is not None:
-        if timer.active():
-            timer.cancel()
-        job.timer = None
-
-
-def _not_held(worker: Participant, handle: bytes, text: bytes, final: bool = True) -> Job | None:
-    """
-    A worker's result for a job it does not hold: dropped quietly (L{None})
-    if the server took that job from it (a final result ends that grace).
-
-    @raise GearmanError: C{JOB_NOT_FOUND} for a job it never held.
-    """
-    if handle in worker.released:
-        if final:
-            del worker.released[handle]
-        return None
-    raise GearmanError(b"JOB_NOT_FOUND", text)

@@ -154,6 +154,9 @@ class Settings:
         more are closed as they arrive.
     @ivar stats_interval: seconds between one-line summaries in the log
         (C{0}: none).
+    @ivar store_slow_seconds: a store write that takes longer is logged as
+        the store being slow, and the next quick one as its recovery
+        (C{0}: not watched).
     """
 
     wakeup: int = 3
@@ -178,6 +181,7 @@ class Settings:
     tcp_keepalive: float = 120.0
     max_connections: int = 0
     stats_interval: float = 0.0
+    store_slow_seconds: float = 1.0
 
     def __attrs_post_init__(self) -> None:
         _check("wakeup", self.wakeup >= -1, "must be -1 (all), 0 (none) or a count")
@@ -225,6 +229,7 @@ class Settings:
         _check("tcp_keepalive", self.tcp_keepalive >= 0, "must be 0 (off) or seconds")
         _check("max_connections", self.max_connections >= 0, "must be 0 (no limit) or a count")
         _check("stats_interval", self.stats_interval >= 0, "must be 0 (none) or seconds")
+        _check("store_slow_seconds", self.store_slow_seconds >= 0, "must be 0 (off) or seconds")
 
     def timeout_seconds(self, value: float) -> float | None:
         """

@@ -74,6 +74,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.drain": MODEL,
     "txgearmand.guard": MODEL,
     "txgearmand.stats": MODEL,
+    "txgearmand.flow": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
     # 3: adapters.
@@ -433,7 +434,7 @@ class GraphWalkerTests(SynchronousTestCase):
         modules, edges = build_graph()
         pairs = {(e.source, e.target) for e in edges}
         self.assertIn(("txgearmand.protocol", "txgearmand.server"), pairs)
-        self.assertIn(("txgearmand.server", "txgearmand.workers"), pairs)
+        self.assertIn(("txgearmand.server", "txgearmand.flow"), pairs)
         self.assertIn(("txgearmand.settings", "txgearmand._log"), pairs)
         self.assertIn(("txgearmand.settings", "txgearmand.wire"), pairs)
         self.assertIn(("txgearmand.store", "txgearmand.store.sqlite"), pairs)

@@ -93,7 +93,7 @@ class JobLogTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.logged("Job H:test:1 (resize) queued again")["attempt"], 2)
         worker.grab()
         worker.disconnect()
-        event = self.logged("Worker ")
+        event = self.logged(f"Worker {worker.participant.describe()} went away")
         self.assertEqual(event["handle"], "H:test:1")
         self.assertEqual(self.logged("Job H:test:1 (resize) failed: no result")["retries"], 2)
 
