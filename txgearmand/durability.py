@@ -36,7 +36,7 @@ class Durability:
     """
     Keeps background jobs in a store (or, with no store, does nothing).
 
-    @ivar store: the L{IJobStore}, or L{None}.
+    @ivar store: the L{IJobStore}, or C{None}.
     @ivar ready: False until the store is opened and loaded.
     """
 
