@@ -398,12 +398,13 @@ class GearmandOptions(usage.Options):
 
 
 # usage.Options shows an option method's docstring as it is: one line each.
+# (setattr: pydoctor reads a "__doc__ =" statement as a docstring to parse.)
 for _method in (
     GearmandOptions.opt_port,
     GearmandOptions.opt_max_queue,
     GearmandOptions.opt_version,
 ):
-    _method.__doc__ = " ".join((_method.__doc__ or "").split())
+    setattr(_method, "__doc__", " ".join((_method.__doc__ or "").split()))  # noqa: B010
 
 
 class Options(GearmandOptions):
