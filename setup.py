@@ -30,7 +30,10 @@ setup(
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",
+            "pydoctor>=25.10; platform_python_implementation == 'CPython'",
         ],
+        # The API reference: python -m pydoctor (settings in pyproject.toml).
+        "docs": ["pydoctor>=25.10"],
         "dev": [
             "Twisted[tls]",
             "psycopg[binary]>=3.1",
@@ -40,6 +43,7 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
+            "pydoctor>=25.10",
             "atheris; platform_python_implementation == 'CPython'",
         ],
     },

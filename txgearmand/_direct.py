@@ -25,7 +25,7 @@ __all__ = ["buffered", "direct_socket", "measurable", "socket_of", "write"]
 def direct_socket(transport: object) -> socket.socket | None:
     """
     The socket of a plain TCP or UNIX transport whose buffer we can check
-    (Twisted's C{tcp.Connection}), else L{None} (TLS, test transports).
+    (Twisted's C{tcp.Connection}), else C{None} (TLS, test transports).
     """
     if not isinstance(transport, tcp.Connection):
         return None
@@ -66,7 +66,7 @@ def write(transport: Any, sock: socket.socket | None, data: bytes) -> bool:
 def socket_of(transport: Any) -> socket.socket | None:
     """
     The socket under C{transport}: a Twisted TCP or UNIX transport's, or
-    that of the one a wrapper (TLS) keeps as C{transport}; else L{None}.
+    that of the one a wrapper (TLS) keeps as C{transport}; else C{None}.
     """
     for _ in range(4):
         if isinstance(transport, tcp.Connection):

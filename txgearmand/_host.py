@@ -41,7 +41,7 @@ _CGROUP_FILES = (
 def memory_available() -> int | None:
     """
     The memory this process may use: the machine's physical memory, or the
-    container's (cgroup) limit when that is lower; L{None} if unknown.
+    container's (cgroup) limit when that is lower; C{None} if unknown.
     """
     total: int | None = None
     try:
@@ -75,7 +75,7 @@ def default_max_memory() -> int:
 def rss_bytes(pid: int | None = None) -> int | None:
     """
     A process's resident set size (this one by default), from C{/proc};
-    L{None} where that cannot be read.
+    C{None} where that cannot be read.
     """
     path = f"/proc/{pid or 'self'}/status"
     try:

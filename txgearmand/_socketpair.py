@@ -70,7 +70,7 @@ def adopt_server_end(
     C{factory} and labelled; C{sock} itself is closed (the reactor keeps a
     duplicate).
 
-    @return: the protocol, or L{None} if the factory refused.
+    @return: the protocol, or C{None} if the factory refused.
     """
     labelling = _Labelling(factory, label)
     try:

@@ -8,6 +8,7 @@ L{txgearmand.inprocess.InProcessEndpoint} to a L{JobServer} in the same
 process; and against any Gearman server (txgearmand, C gearmand,
 Gearman::Server for what it supports).  It does not import the global
 reactor at import time: pass one in, or it is looked up when first needed.
+For example::
 
     client = GearmanClient([endpoint], reactor)
     result = await client.submit("reverse", b"abc", priority=HIGH)
@@ -376,7 +377,7 @@ class GearmanClient(MultiService):
 
     @param endpoints: where the servers are.
     @param reactor: the reactor (or a clock, for its time); the global one
-        when first needed if L{None}.
+        when first needed if C{None}.
     @param exceptions: ask the servers for WORK_EXCEPTION (OPTION_REQ), so
         that a job's exception text reaches L{JobException}.
     """

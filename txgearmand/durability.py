@@ -37,7 +37,7 @@ class Durability:
     """
     Keeps background jobs in a store (or, with no store, does nothing).
 
-    @ivar store: the L{IJobStore}, or L{None}.
+    @ivar store: the L{IJobStore}, or C{None}.
     @ivar ready: False until the store is opened and loaded.
     @ivar slow: a write has taken longer than the slow threshold, and none
         has been quick since.

@@ -207,7 +207,7 @@ class JobFlow:
 
     def grab(self, worker: Participant) -> Job | None:
         """
-        Hand a worker the next job it can do, or L{None} (see
+        Hand a worker the next job it can do, or C{None} (see
         L{JobServer.grab_job}).
         """
         if worker.sleeping:
@@ -540,7 +540,7 @@ def cancel_timer(job: Job) -> None:
 
 def _not_held(worker: Participant, handle: bytes, message: bytes, final: bool = True) -> Job | None:
     """
-    A worker's result for a job it does not hold: dropped quietly (L{None})
+    A worker's result for a job it does not hold: dropped quietly (C{None})
     if the server took that job from it (a final result ends that grace).
 
     @raise GearmanError: C{JOB_NOT_FOUND} for a job it never held.

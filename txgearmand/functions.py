@@ -48,7 +48,7 @@ class FunctionRegistry:
 
     def get(self, name: bytes) -> FunctionQueue | None:
         """
-        The L{FunctionQueue} of a function, or L{None} if unknown.
+        The L{FunctionQueue} of a function, or C{None} if unknown.
         """
         return self.by_name.get(name)
 
@@ -72,7 +72,7 @@ class FunctionRegistry:
         C gearmand does).
 
         @raise GearmanError: if it still has workers or jobs.
-        @return: the dropped function, or L{None} if there was none.
+        @return: the dropped function, or C{None} if there was none.
         """
         fq = self.by_name.get(name)
         if fq is None:

@@ -29,7 +29,7 @@ class StoredJob(NamedTuple):
     @ivar unique: its unique id (C{b""} for none).
     @ivar payload: its data.
     @ivar priority: 0 high, 1 normal, 2 low.
-    @ivar when: the epoch time it may run at (SUBMIT_JOB_EPOCH), or L{None}.
+    @ivar when: the epoch time it may run at (SUBMIT_JOB_EPOCH), or C{None}.
     @ivar reducer: its reducer (SUBMIT_REDUCE_JOB_BACKGROUND), or C{b""}.
     """
 

@@ -2,17 +2,18 @@
 """
 JSON lines logs for C{twistd gearmand}: one JSON object per event, with
 its fields as data (handles, functions, counts), for log collectors.
+This writes to standard output::
 
     twistd -n --logger=txgearmand.jsonlog.observer gearmand ...
 
-writes to standard output;
+and this appends to a file (reopened by nothing: rotate it with
+copytruncate)::
 
     export TXGEARMAND_JSON_LOG=/var/log/gearmand.jsonl
     twistd --logger=txgearmand.jsonlog.observer gearmand ...
 
-appends to a file (reopened by nothing: rotate it with copytruncate).
-Each line is what L{twisted.logger.eventAsJSON} makes; read it back with
-L{twisted.logger.eventsFromJSONLogFile}.
+Each line is what C{twisted.logger.eventAsJSON} makes; read it back with
+C{twisted.logger.eventsFromJSONLogFile}.
 """
 
 from __future__ import annotations

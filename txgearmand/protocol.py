@@ -56,7 +56,7 @@ class GearmanProtocol(Protocol):
     @ivar participant: what the server keeps for this connection, from
         C{connectionMade} on.
     @ivar label: shown instead of the peer's address (in-process and child
-        connections), or L{None}.
+        connections), or C{None}.
     @ivar paused: its peer does not read what it is sent, so it does not
         read the peer's requests either.
     """
@@ -860,7 +860,7 @@ class GearmanServerFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
         """
-        A new connection's protocol; L{None} while the server does not
+        A new connection's protocol; C{None} while the server does not
         accept connections, a protocol that closes it at once past the
         connection limit.
         """

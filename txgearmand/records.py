@@ -81,7 +81,7 @@ class Job:
     @ivar priority: a L{Priority}.
     @ivar background: True if no client waits on it.
     @ivar reducer: the reducer of a SUBMIT_REDUCE_JOB (C{b""} when none).
-    @ivar when: the epoch time before which it must not run, or L{None}.
+    @ivar when: the epoch time before which it must not run, or C{None}.
     @ivar listeners: the participants that wait on its results, in order,
         once per submission (one that submitted it twice is here twice and
         gets every update twice, as from both peers); an empty tuple, not a
@@ -98,8 +98,8 @@ class Job:
     @ivar coalesce_key: the key it is indexed under for coalescing, if any.
     @ivar store_id: what the job store knows it by, if it was stored.
     @ivar commit_waiters: while the store has not yet committed the job,
-        what to call (with L{None}, or the failure) once it has; else
-        L{None}.
+        what to call (with C{None}, or the failure) once it has; else
+        C{None}.
     @ivar cost: what it counts against the memory budget while in the job
         table (see L{txgearmand.job.cost}).
     """

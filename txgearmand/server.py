@@ -55,7 +55,7 @@ def _b(value: Union[str, bytes]) -> bytes:
 
 class JobServer(Service):
     """
-    A Gearman job server, as an L{IService}.
+    A Gearman job server, as an C{IService}.
 
     Participants (a L{GearmanProtocol} per connection, or any L{IPeer})
     call it; it keeps the functions, queues and jobs and tells the
@@ -91,7 +91,7 @@ class JobServer(Service):
         **options: Any,
     ) -> None:
         """
-        @param reactor: the reactor (or a L{Clock} in tests); the global one
+        @param reactor: the reactor (or a C{Clock} in tests); the global one
             if not given.
         @param settings: a L{Settings}; or give its fields as keyword
             arguments (C{wakeup=3, job_retries=2, ...}).
@@ -178,7 +178,7 @@ class JobServer(Service):
     @property
     def store(self) -> IJobStore | None:
         """
-        Where background jobs are kept (L{None}: nowhere).
+        Where background jobs are kept (C{None}: nowhere).
         """
         return self.durability.store
 
@@ -323,7 +323,7 @@ class JobServer(Service):
         running, as C gearmand counts); a submission past the limit of its
         priority gets C{QUEUE_ERROR}.  One number limits every priority;
         with C{normal} (and C{low}), C{max} is the high limit and the rest
-        are unlimited unless given.  C{0}, negative, L{None} or C{""}
+        are unlimited unless given.  C{0}, negative, C{None} or C{""}
         removes the limit.
         """
         high = int(max) if max not in (None, "") else 0
@@ -408,7 +408,7 @@ class JobServer(Service):
         function and unique id, or make, index and queue a new job.
 
         @param client: the submitting participant, which listens to a
-            foreground job; L{None} for a submission from code.
+            foreground job; C{None} for a submission from code.
         @param when: for SUBMIT_JOB_EPOCH, the epoch time it may run at.
         @raise GearmanError: C{ARGUMENT_TOO_LARGE} for a unique over 64
             bytes, C{QUEUE_ERROR} when the function's limit is reached.
@@ -425,7 +425,7 @@ class JobServer(Service):
 
     def grab_job(self, worker: Participant) -> Job | None:
         """
-        Hand a worker the next job it can do, or L{None}.
+        Hand a worker the next job it can do, or C{None}.
 
         Priority is global across the worker's functions (every HIGH job
         before any NORMAL one), FIFO within a priority, and the functions

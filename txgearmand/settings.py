@@ -233,7 +233,7 @@ class Settings:
 
     def timeout_seconds(self, value: float) -> float | None:
         """
-        A CAN_DO_TIMEOUT value in seconds (L{None}: no timeout), read in
+        A CAN_DO_TIMEOUT value in seconds (C{None}: no timeout), read in
         L{timeout_unit}; in milliseconds, under a second counts as one, as
         in C gearmand.
         """

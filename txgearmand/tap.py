@@ -56,7 +56,7 @@ def endpoint_problem(description: str) -> str | None:
     What is wrong with a server endpoint description, found without
     listening (an unknown kind, a TCP port out of range, a C{systemd:}
     endpoint outside socket activation, TLS without pyOpenSSL or its
-    files), or L{None}.
+    files), or C{None}.
     """
     from twisted.internet import endpoints
 
@@ -126,7 +126,7 @@ def _number(kind: type, option: str) -> Any:
 
 class GearmandOptions(usage.Options):
     """
-    Options of C{twistd gearmand}; a bad one raises a L{usage.UsageError}
+    Options of C{twistd gearmand}; a bad one raises a C{usage.UsageError}
     that names it (L{Options} turns that into one line and exit status 1).
     """
 
@@ -398,12 +398,13 @@ class GearmandOptions(usage.Options):
 
 
 # usage.Options shows an option method's docstring as it is: one line each.
+# (setattr: pydoctor reads a "__doc__ =" statement as a docstring to parse.)
 for _method in (
     GearmandOptions.opt_port,
     GearmandOptions.opt_max_queue,
     GearmandOptions.opt_version,
 ):
-    _method.__doc__ = " ".join((_method.__doc__ or "").split())
+    setattr(_method, "__doc__", " ".join((_method.__doc__ or "").split()))  # noqa: B010
 
 
 class Options(GearmandOptions):
@@ -426,9 +427,9 @@ class Options(GearmandOptions):
 
 class StartFailed(SystemExit, Exception):
     """
-    The start failed for a reason one line says.  A L{SystemExit}, so
+    The start failed for a reason one line says.  A C{SystemExit}, so
     that in the foreground Python prints just that line and exits 1; an
-    L{Exception} too, so that as a daemon twistd hands it to the waiting
+    C{Exception} too, so that as a daemon twistd hands it to the waiting
     parent, which prints it and exits 1.
     """
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: txgearmand.test.test_testing -*-
 """
 A whole Gearman server in memory, under a fake clock, for unit tests of
-code that uses Gearman (yours and ours).
+code that uses Gearman (yours and ours)::
 
     server = MemoryGearmanServer()
     worker = GearmanWorker(server.endpoint(), server.clock)
@@ -40,7 +40,7 @@ __all__ = ["MemoryGearmanServer", "RecordingPeer"]
 
 class MemoryGearmanServer:
     """
-    A L{JobServer} on a L{Clock}, reachable through in-memory connections.
+    A L{JobServer} on a C{Clock}, reachable through in-memory connections.
 
     @ivar clock: the fake clock the server (and your clients) run on.
     @ivar job_server: the L{JobServer}.
@@ -131,7 +131,7 @@ class _MemoryEndpoint:
 class RecordingPeer:
     """
     An L{IPeer} that records the packets the job server tells it to send:
-    drive a L{JobServer} with it to test the model without a connection.
+    drive a L{JobServer} with it to test the model without a connection::
 
         server = JobServer(Clock())
         server.startService()

@@ -295,7 +295,7 @@ class PacketParser:
     an incomplete tail is kept, in a list joined once enough has arrived,
     so a large body arriving in small reads costs linear time.
 
-    @ivar error: the L{WireError} that stopped the parser, or L{None}.
+    @ivar error: the L{WireError} that stopped the parser, or C{None}.
     @ivar held: how many bytes of an incomplete message are held (what
         L{buffered} returns, readable without a call on a hot path).
     """
@@ -351,7 +351,7 @@ class PacketParser:
         """
         The type of the incomplete message: its packet type once its
         header is in (L{RESPONSE_PACKET} for the other magic), L{TEXT_LINE}
-        for an admin line, L{None} before that or when nothing is held.
+        for an admin line, C{None} before that or when nothing is held.
         """
         if not self._pending:
             return None
@@ -464,7 +464,7 @@ class PacketParser:
 def split_body(ptype: int, body: bytes) -> tuple[bytes, ...] | None:
     """
     Split a packet body into its arguments by the type's layout (see
-    L{ARGUMENTS}), or return L{None} if it has too few of them.
+    L{ARGUMENTS}), or return C{None} if it has too few of them.
     """
     argc, has_data = ARGUMENTS[PacketType(ptype)]
     if has_data:

@@ -8,6 +8,7 @@ process, or L{txgearmand.endpoints.stdio_endpoint} in a child started by
 a job server; and against any Gearman server (txgearmand, C gearmand,
 Gearman::Server for what it supports).  It does not import the global
 reactor at import time: pass one in, or it is looked up when first needed.
+For example::
 
     worker = GearmanWorker([endpoint], reactor)
     worker.register("reverse", lambda job: job.payload[::-1])

@@ -36,7 +36,7 @@ def _kind(url: str) -> tuple[str, str]:
 
 def store_from_url(reactor: Any, url: str) -> IJobStore | None:
     """
-    The store a URL names (L{None} for C{memory}: no store at all).
+    The store a URL names (C{None} for C{memory}: no store at all).
 
     @raise ValueError: for a URL of no known kind.
     """

@@ -26,9 +26,9 @@ Batch = tuple[list[StoredJob], list[int]]
 
 class BatchWriter:
     """
-    Collects L{add} and L{remove} calls and hands them, a batch at a time,
-    to C{commit} (which runs the transaction, off the reactor thread, and
-    returns a Deferred).
+    Collects L{add_many} and L{remove_many} calls and hands them, a batch
+    at a time, to C{commit} (which runs the transaction, off the reactor
+    thread, and returns a Deferred).
 
     A write starts a transaction at once when none runs (the job server
     already gathers a reactor turn's writes into one call); while one runs,
