@@ -42,7 +42,7 @@ class Durability:
     @ivar slow: a write has taken longer than the slow threshold, and none
         has been quick since.
     @ivar watch_timer: the timer that looks at the writes still running
-        (only while there are some), or L{None}.
+        (only while there are some), or C{None}.
     """
 
     log = _log.logger("txgearmand.durability")

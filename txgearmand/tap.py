@@ -266,6 +266,14 @@ class GearmandOptions(usage.Options):
             _number(float, "stats-interval"),
         ],
         [
+            "store-slow-seconds",
+            None,
+            1.0,
+            "A store write that takes longer is logged (a warning, once) as the store being "
+            "slow, and the next quick one as its recovery (0: not watched).",
+            _number(float, "store-slow-seconds"),
+        ],
+        [
             "max-connections",
             None,
             0,
@@ -374,6 +382,7 @@ class GearmandOptions(usage.Options):
                 tcp_keepalive=self["tcp-keepalive"],
                 max_connections=self["max-connections"],
                 stats_interval=self["stats-interval"],
+                store_slow_seconds=self["store-slow-seconds"],
                 **extra,
             )
         except SettingsError as e:

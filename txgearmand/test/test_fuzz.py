@@ -156,7 +156,7 @@ class OracleTests(FuzzTestCase):
         A handler that raises (the protocol logs it and answers
         C{SERVER_ERROR}) makes the input fail.
         """
-        from txgearmand.server import JobServer
+        from txgearmand.flow import JobFlow
 
         protocol = load("protocol")
         seed = load("make_corpus").protocol_seeds()["foreground-cycle"]
@@ -164,7 +164,7 @@ class OracleTests(FuzzTestCase):
         def broken(*args: object) -> None:
             raise ZeroDivisionError("injected")
 
-        self.patch(JobServer, "work_status", broken)
+        self.patch(JobFlow, "work_status", broken)
         with self.assertRaises(protocol.Broken) as caught:
             protocol.one_input(protocol.encode_input(seed))
         self.assertIn("ZeroDivisionError", str(caught.exception))

@@ -1,17 +1,33 @@
 """
-What the job server logs about jobs and refusals: structured events whose
-fields are text (not Python reprs of bytes), at INFO.
+What the job server logs about participants, jobs, refusals and its store:
+structured events whose fields are text (not Python reprs of bytes), at
+INFO; and each job's steps at DEBUG.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from txgearmand.test.helpers import ServerTestMixin
+from txgearmand import _log
+from txgearmand.server import JobServer
+from txgearmand.test.helpers import FakeConnection, ServerTestMixin
+from txgearmand.test.test_durability import ManualStore
 from txgearmand.wire import PacketType as P
+
+
+def _capture(test: SynchronousTestCase) -> list[dict[str, Any]]:
+    """
+    Every log event from now to the end of C{test}.
+    """
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
 
 
 class JobLogTests(ServerTestMixin, SynchronousTestCase):
@@ -226,3 +242,223 @@ class StatsTests(ServerTestMixin, SynchronousTestCase):
         )
         self.server.stopService()
         self.assert_no_timers()
+
+
+class RoleLogTests(ServerTestMixin, SynchronousTestCase):
+    """
+    A participant's first role, and its end with its counts, at INFO.
+    """
+
+    def setUp(self) -> None:
+        self.events = _capture(self)
+
+    def info(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.info]
+
+    def find(self, start: str) -> dict[str, Any]:
+        found = [
+            e
+            for e in self.events
+            if e.get("log_level") == LogLevel.info and formatEvent(e).startswith(start)
+        ]
+        self.assertEqual(len(found), 1, self.info())
+        return found[0]
+
+    def test_client_and_worker(self) -> None:
+        """
+        A client is logged at its first submission (not each), a worker
+        at its first grab with its functions and client id; each one's
+        end says how many jobs it submitted and did.
+        """
+        self.make_server()
+        client = self.connect()
+        client.send(P.SET_CLIENT_ID, b"resizer-1")
+        client.submit(b"resize", b"x")
+        client.submit(b"resize", b"y")
+        peer = client.participant.describe()
+        event = self.find(f"Client {peer} (resizer-1) submits jobs")
+        self.assertEqual((event["peer"], event["id"]), (peer, "resizer-1"))
+        worker = self.connect().can_do(b"resize", b"crop")
+        handle = worker.grab()[1][0]
+        wpeer = worker.participant.describe()
+        event = self.find(f"Worker {wpeer} (-) can do resize, crop")
+        self.assertEqual(event["functions"], "resize, crop")
+        worker.send(P.WORK_COMPLETE, handle, b"done")
+        worker.grab()
+        worker.disconnect()
+        client.disconnect()
+        event = self.find(f"Worker {wpeer} (-) left after submitting 0 jobs and doing 1")
+        self.assertEqual((event["submitted"], event["done"]), (0, 1))
+        event = self.find(f"Client {peer} (resizer-1) left after submitting 2 jobs")
+        self.assertEqual(event["submitted"], 2)
+
+    def test_sleeping_worker_and_both_roles(self) -> None:
+        """
+        A worker that sleeps before it ever grabs is logged when it sleeps;
+        a participant that submits and works is both.
+        """
+        self.make_server()
+        both = self.connect().can_do(b"f")
+        both.send(P.PRE_SLEEP)
+        self.find(f"Worker {both.participant.describe()} (-) can do f")
+        both.submit(b"g", b"x", ptype=P.SUBMIT_JOB_BG)
+        both.disconnect()
+        self.find(f"Client and worker {both.participant.describe()} (-) left")
+
+    def test_admin_and_idle_not_at_info(self) -> None:
+        """
+        Connections that only ask admin questions, or register and never
+        ask for work, say nothing at INFO.
+        """
+        self.make_server()
+        before = len(self.info())
+        admin = self.connect()
+        admin.admin(b"status")
+        admin.disconnect()
+        idle = self.connect().can_do(b"f")
+        idle.disconnect()
+        self.assertEqual(self.info()[before:], [])
+
+
+class DebugLogTests(ServerTestMixin, SynchronousTestCase):
+    """
+    At DEBUG, each job's submit, assign and completion, with its handle,
+    function, unique and sizes, never its payload.
+    """
+
+    def setUp(self) -> None:
+        self.events = _capture(self)
+        self.addCleanup(_log.set_level, "INFO")
+
+    def debug(self) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e.get("log_level") == LogLevel.debug
+            and e.get("log_namespace", "").startswith("txgearmand.flow")
+        ]
+
+    def test_steps(self) -> None:
+        """
+        Submit (and a coalesced one), assign and complete are each one
+        event with their fields as text.
+        """
+        self.make_server(verbose="DEBUG")
+        client = self.connect()
+        handle = client.submit(b"resize", b"secret-payload", unique=b"u-1")
+        self.connect().submit(b"resize", b"secret-payload", unique=b"u-1")
+        worker = self.connect().can_do(b"resize")
+        worker.grab()
+        worker.send(P.WORK_COMPLETE, handle, b"result!")
+        submitted, joined, assigned, completed = self.debug()
+        text = formatEvent(submitted)
+        self.assertEqual(
+            text,
+            f"Job H:test:1 (resize) submitted by {client.participant.describe()}:"
+            " unique u-1, 14 bytes, normal priority, foreground",
+        )
+        self.assertEqual(
+            (submitted["handle"], submitted["function"], submitted["unique"], submitted["size"]),
+            ("H:test:1", "resize", "u-1", 14),
+        )
+        self.assertIn("joined by", formatEvent(joined))
+        self.assertEqual(
+            formatEvent(assigned),
+            f"Job H:test:1 (resize) assigned to {worker.participant.describe()}",
+        )
+        self.assertEqual(completed["size"], 7)
+        self.assertEqual(completed["clients"], 2)
+        for event in self.debug():
+            self.assertNotIn("secret", formatEvent(event))
+            self.assertNotIn("b'", formatEvent(event))
+
+    def test_not_at_info(self) -> None:
+        """
+        At INFO no per-job event is even made.
+        """
+        self.make_server(verbose="INFO")
+        handle = self.connect().submit(b"f", b"x")
+        worker = self.connect().can_do(b"f")
+        worker.grab()
+        worker.send(P.WORK_COMPLETE, handle, b"")
+        self.assertFalse(_log.debugging)
+        self.assertEqual(self.debug(), [])
+
+
+class StoreLogTests(SynchronousTestCase):
+    """
+    A store write that takes longer than C{store_slow_seconds} is logged
+    once, a hung one before it returns, and the next quick one as the
+    store's recovery.
+    """
+
+    def setUp(self) -> None:
+        self.events = _capture(self)
+        self.clock = Clock()
+        self.store = ManualStore()
+        self.server = JobServer(
+            self.clock, store=self.store, job_handle_prefix=b"H:d", store_slow_seconds=2
+        )
+        self.server.startService()
+        self.client = FakeConnection(self.server)
+
+    def store_events(self) -> list[str]:
+        return [
+            formatEvent(e)
+            for e in self.events
+            if e.get("log_namespace", "").startswith("txgearmand.durability")
+            and "store is" in formatEvent(e)
+        ]
+
+    def test_slow_then_quick(self) -> None:
+        """
+        A hung write is reported while it waits (once), then the first
+        quick write says the store is quick again.
+        """
+        self.client.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+        self.clock.advance(1)
+        self.assertEqual(self.store_events(), [])
+        self.clock.advance(1.5)
+        self.assertEqual(len(self.store_events()), 1)
+        self.assertIn("a write has waited 2.500 s", self.store_events()[0])
+        self.clock.advance(10)
+        self.store.commit()
+        self.assertEqual(len(self.store_events()), 1)
+        self.assertTrue(self.server.durability.slow)
+        self.client.send(P.SUBMIT_JOB_BG, b"f", b"", b"y")
+        self.clock.advance(0.5)
+        self.store.commit()
+        [slow, quick] = self.store_events()
+        self.assertTrue(quick.startswith("The job store is quick again: writing 1 job"), quick)
+        self.assertFalse(self.server.durability.slow)
+        event = next(e for e in self.events if formatEvent(e) == slow)
+        self.assertEqual(event["threshold"], 2)
+        self.assertEqual(event["log_level"], LogLevel.warn)
+
+    def test_slow_commit_measured(self) -> None:
+        """
+        A write that returns late but before the watch looks is reported
+        with how long it took.
+        """
+        self.client.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+        self.clock.pump([0.5, 0.5])
+        self.clock.seconds = lambda: 5.0  # type: ignore[method-assign]
+        self.store.commit()
+        [slow] = self.store_events()
+        self.assertIn("writing 1 job changes took 5.000 s", slow)
+
+    def test_no_timer_when_idle(self) -> None:
+        """
+        The watch runs only while writes are outstanding, and stops with
+        the server.
+        """
+        self.client.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+        self.store.commit()
+        self.clock.advance(2)
+        self.assertIsNone(self.server.durability.watch_timer)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.client.send(P.SUBMIT_JOB_BG, b"f", b"", b"y")
+        self.assertIsNotNone(self.server.durability.watch_timer)
+        self.server.stopService()
+        self.store.commit()
+        self.assertIsNone(self.server.durability.watch_timer)
