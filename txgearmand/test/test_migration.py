@@ -1,8 +1,8 @@
 """
-Coming from C gearmand: its libsqlite3 queue file, written by Debian's
-real C gearmand (under C's default table name or one the operator chose),
-is imported by C{--queue sqlite:PATH}, and a real worker drains every
-imported job.
+Coming from C gearmand: its queue, written by Debian's real C gearmand
+(libsqlite3 in a file, libpq in a PostgreSQL database, under C's default
+table name or one the operator chose), is imported by C{--queue}, and a
+real worker drains every imported job.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from txgearmand import wire
 from txgearmand.store._cqueue import kept_name
+from txgearmand.store.postgresql import check_postgresql
 from txgearmand.store.sqlite import NotAQueueFile, check_sqlite
-from txgearmand.test import _process
+from txgearmand.test import _postgres, _process
 from txgearmand.wire import PacketType as P
 
 #: The background jobs given to C gearmand, with no worker connected:
@@ -36,8 +37,13 @@ JOBS = [
 #: How long after it is given to C the epoch job may run, in seconds.
 LATER = 5
 
-#: C gearmand's own CREATE TABLE for its libsqlite3 queue, for tests of
-#: tables the real C gearmand cannot make.
+#: C gearmand's own CREATE TABLE for its libpq queue (GEARMAN_UNIQUE_SIZE
+#: 64), for tests of tables the real C gearmand cannot make.
+C_PG_COLUMNS = (
+    "unique_key VARCHAR(64), function_name VARCHAR(255), priority INTEGER, data BYTEA,"
+    " when_to_run INTEGER, UNIQUE (unique_key, function_name)"
+)
+#: The same for its libsqlite3 queue.
 C_SQLITE_COLUMNS = (
     "unique_key TEXT, function_name TEXT, priority INTEGER, data BLOB,"
     " when_to_run INTEGER, PRIMARY KEY (unique_key, function_name)"
@@ -49,6 +55,21 @@ def _gearman() -> str:
     if path is None:
         raise SkipTest("the gearman command is not installed (apt-get install gearman-tools)")
     return path
+
+
+def _postgresql() -> str:
+    try:
+        return _postgres.fresh_database()
+    except _postgres.Unavailable as e:
+        raise SkipTest(str(e)) from None
+
+
+def _query(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        cursor = conn.execute(query, args or None)
+        return cursor.fetchall() if cursor.description else []
 
 
 class _CaptureCase(SynchronousTestCase):
@@ -286,6 +307,102 @@ class CQueueTests(_CGearmandCase):
                 ).fetchall(),
                 [(b"C:1", b"f", b"u", b"\x00\xff", 2, None)],
             )
+
+
+class CPostgreSQLQueueTests(_CGearmandCase):
+    """
+    C gearmand's libpq queue, found in a PostgreSQL store, brought over.
+    """
+
+    def setUp(self) -> None:
+        self.url = _postgresql()
+
+    def pg_queue(self, *options: str) -> tuple[Path, int]:
+        """
+        C gearmand's libpq queue, written by the real C gearmand in a fresh
+        database.
+
+        @return: the work directory, the epoch job's time.
+        """
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        epoch = self.c_queue(workdir, "-q", "Postgres", f"--libpq-conninfo={self.url}", *options)
+        return workdir, epoch
+
+    def stored_when(self) -> float:
+        ((when,),) = _query(
+            self.url, "SELECT when_to_run FROM txgearmand_jobs WHERE function = %s", b"later"
+        )
+        return float(when)
+
+    def count(self, table: str) -> int:
+        return int(_query(self.url, f"SELECT count(*) FROM {table}")[0][0])
+
+    def test_import_and_drain(self) -> None:
+        """
+        C's C{queue} table is imported, drained by real workers, and kept
+        (renamed, with every row) so that a restart imports nothing.
+        """
+        workdir, epoch = self.pg_queue()
+        self.assertEqual(self.count("queue"), 6)
+        self.import_and_drain(workdir, self.url, epoch, self.stored_when)
+        self.assertEqual(self.count("queue_imported_by_txgearmand"), 6)
+
+    def test_custom_table(self) -> None:
+        """
+        A table named with C's C{--libpq-table} is recognised by its
+        columns, imported and drained the same.
+        """
+        workdir, epoch = self.pg_queue("--libpq-table=custom_queue")
+        self.assertEqual(self.count("custom_queue"), 6)
+        self.import_and_drain(workdir, self.url, epoch, self.stored_when)
+        self.assertEqual(self.count("custom_queue_imported_by_txgearmand"), 6)
+
+    def test_not_c_left_alone(self) -> None:
+        """
+        A table with C's name but other columns, or C's columns and one
+        more, is neither imported nor renamed.
+        """
+        _query(self.url, "CREATE TABLE queue (unique_key TEXT, function_name TEXT, data BYTEA)")
+        _query(self.url, f"CREATE TABLE jobs (id INTEGER, {C_PG_COLUMNS})")
+        _query(self.url, "INSERT INTO queue VALUES ('u', 'f', 'd')")
+        _query(self.url, "INSERT INTO jobs VALUES (1, 'u', 'f', 1, 'd', 0)")
+        events = self.capture()
+        check_postgresql(self.url)
+        self.assertEqual(self.imports(events), [])
+        self.assertEqual((self.count("queue"), self.count("jobs")), (1, 1))
+        self.assertEqual(self.count("txgearmand_jobs"), 0)
+
+    def test_older_columns_and_taken_name(self) -> None:
+        """
+        A C table without C{when_to_run} is imported (its jobs run now),
+        its bytes as they are; when its kept name is taken, by an earlier
+        import, it is kept under the next free one.  The import is logged
+        as a structured event.
+        """
+        _query(self.url, f"CREATE TABLE queue_imported_by_txgearmand ({C_PG_COLUMNS})")
+        _query(
+            self.url, f"CREATE TABLE queue ({C_PG_COLUMNS.replace(' when_to_run INTEGER,', '')})"
+        )
+        _query(self.url, "INSERT INTO queue VALUES ('', 'f\u00e9', 0, '\\x00ff')")
+        events = self.capture()
+        check_postgresql(self.url)
+        (event,) = self.imports(events)
+        self.assertEqual(
+            (event["n"], event["schema"], event["table"], event["kept"]),
+            (1, "public", "queue", "queue_2_imported_by_txgearmand"),
+        )
+        self.assertEqual(
+            [
+                tuple(bytes(v) if isinstance(v, (bytes, memoryview)) else v for v in row)
+                for row in _query(
+                    self.url,
+                    "SELECT handle, function, uniq, payload, priority, when_to_run"
+                    " FROM txgearmand_jobs",
+                )
+            ],
+            [(b"C:1", "f\u00e9".encode(), b"", b"\x00\xff", 0, None)],
+        )
 
 
 class KeptNameTests(SynchronousTestCase):
