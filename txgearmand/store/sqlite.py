@@ -2,6 +2,10 @@
 """
 A job store in an SQLite file (the standard library's sqlite3, WAL mode),
 written from a thread of its own with group commit.
+
+Opened on C gearmand's libsqlite3 queue file (a table with C's columns,
+whatever C{--libsqlite3-table} named it), it imports C's queued jobs first,
+once.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from zope.interface import implementer
 
 from txgearmand import _log
 from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.store import _cqueue
 from txgearmand.store._batch import Batch, ThreadedStore
 
 __all__ = ["C_TABLE", "NotAQueueFile", "SQLiteStore", "check_sqlite"]
@@ -62,10 +67,9 @@ _SELECT = (
 )
 
 
-#: C gearmand's libsqlite3 queue: its default table and the columns read.
+#: C gearmand's libsqlite3 queue: its default table (C{--libsqlite3-table});
+#: a table of any name with C's columns is taken for it.
 C_TABLE = "gearman_queue"
-_C_COLUMNS = frozenset({"unique_key", "function_name", "priority", "data", "when_to_run"})
-_C_IMPORTED = "gearman_queue_imported_by_txgearmand"
 
 
 class NotAQueueFile(ValueError):
@@ -78,64 +82,73 @@ def _tables(db: sqlite3.Connection) -> set[str]:
     return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _c_tables(db: sqlite3.Connection) -> list[str]:
+    """
+    The tables that are C gearmand's queue (by their columns), by name.
+    """
+    return [
+        name
+        for name in sorted(_tables(db))
+        if _cqueue.is_c_queue(
+            name, [r[1] for r in db.execute(f"PRAGMA table_info({_quote(name)})").fetchall()]
+        )
+    ]
+
+
 def _connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     # Every statement is read to its end: PyPy's sqlite3 otherwise leaves
     # it open, and COMMIT then fails with "SQL statements in progress".
     tables = _tables(db)
-    if tables and "txgearmand_jobs" not in tables and C_TABLE not in tables:
+    if tables and "txgearmand_jobs" not in tables and not _c_tables(db):
         db.close()
         raise NotAQueueFile(
-            f"{path} is an SQLite file with neither txgearmand's jobs nor C gearmand's"
-            f" {C_TABLE} table (it has: {', '.join(sorted(tables))})"
+            f"{path} is an SQLite file with neither txgearmand's jobs nor a C gearmand"
+            f" queue table (columns {', '.join(sorted(_cqueue.C_COLUMNS))});"
+            f" it has: {', '.join(sorted(tables))}"
         )
     db.execute("PRAGMA journal_mode=WAL").fetchall()
     # FULL: a committed transaction survives a power cut, not only a crash.
     db.execute("PRAGMA synchronous=FULL").fetchall()
     db.execute(_SCHEMA).fetchall()
-    if C_TABLE in tables:
-        _import_c_queue(db, path)
+    if _c_tables(db):
+        _import_c_queues(db, path)
     return db
 
 
-def _import_c_queue(db: sqlite3.Connection, path: str) -> int:
+def _import_c_queues(db: sqlite3.Connection, path: str) -> int:
     """
-    Bring C gearmand's queued jobs (its libsqlite3 table) into ours, once,
-    in one transaction; C's table is renamed, not dropped, so nothing is
-    lost and it is not imported twice.
+    Bring C gearmand's queued jobs (its libsqlite3 table, whatever its
+    name) into ours, once, in one transaction; C's table is renamed, not
+    dropped, so nothing is lost and it is not imported twice.
 
     @return: how many jobs were imported.
-    @raise NotAQueueFile: if the table lacks C's columns.
     """
-    columns = {r[1] for r in db.execute(f"PRAGMA table_info({C_TABLE})")}
-    if not _C_COLUMNS <= columns:
-        raise NotAQueueFile(
-            f"{path}: table {C_TABLE} lacks C gearmand's columns"
-            f" ({', '.join(sorted(_C_COLUMNS - columns))})"
-        )
+    imported: list[tuple[str, int, str]] = []
     cursor = db.cursor()
     cursor.execute("BEGIN IMMEDIATE")
     try:
-        rows = cursor.execute(
-            f"SELECT rowid, unique_key, function_name, priority, data, when_to_run"
-            f" FROM {C_TABLE} ORDER BY rowid"
-        ).fetchall()
+        # Looked for again under the write lock: another process may have
+        # imported them meanwhile.
         (top,) = cursor.execute("SELECT COALESCE(MAX(id), 0) FROM txgearmand_jobs").fetchone()
-        for n, (rowid, unique, function, priority, data, when) in enumerate(rows, 1):
-            cursor.execute(
-                _INSERT,
-                (
-                    top + n,
-                    b"C:%d" % rowid,
-                    _blob(function),
-                    _blob(unique),
-                    _blob(data),
-                    priority if priority in (0, 1, 2) else 1,
-                    float(when) if when else None,
-                    b"",
-                ),
-            )
-        cursor.execute(f"ALTER TABLE {C_TABLE} RENAME TO {_C_IMPORTED}")
+        for table in _c_tables(db):
+            columns = {r[1].lower() for r in db.execute(f"PRAGMA table_info({_quote(table)})")}
+            when = "when_to_run" if "when_to_run" in columns else "NULL"
+            rows = cursor.execute(
+                f"SELECT rowid, unique_key, function_name, priority, data, {when}"
+                f" FROM {_quote(table)} ORDER BY rowid"
+            ).fetchall()
+            for n, (rowid, *row) in enumerate(rows, top + 1):
+                cursor.execute(_INSERT, _cqueue.stored_job(n, b"C:%d" % rowid, *row))
+            top += len(rows)
+            taken = {r[0] for r in cursor.execute("SELECT name FROM sqlite_master")}
+            kept = _cqueue.kept_name(table, taken)
+            cursor.execute(f"ALTER TABLE {_quote(table)} RENAME TO {_quote(kept)}")
+            imported.append((table, len(rows), kept))
         cursor.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -143,31 +156,26 @@ def _import_c_queue(db: sqlite3.Connection, path: str) -> int:
         raise
     finally:
         cursor.close()
-    _LOG.info(
-        "Imported {n} queued jobs from C gearmand's {table} table in {path}"
-        " (the table is kept as {kept})",
-        n=len(rows),
-        table=C_TABLE,
-        path=path,
-        kept=_C_IMPORTED,
-    )
-    return len(rows)
-
-
-def _blob(value: object) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    return str(value).encode("utf-8")
+    for table, n, kept in imported:
+        _LOG.info(
+            "Imported {n} queued jobs from C gearmand's {table} table in {path}"
+            " (the table is kept as {kept})",
+            n=n,
+            table=table,
+            path=path,
+            kept=kept,
+        )
+    return sum(n for _, n, _ in imported)
 
 
 def check_sqlite(path: str) -> None:
     """
-    Open (creating if needed) the database, synchronously, and close it:
-    for a clear error at start-up, before the reactor runs.
+    Open (creating if needed, and importing C gearmand's queue if the file
+    holds it) the database, synchronously, and close it: for a clear error
+    at start-up, before the reactor runs.
+
+    @raise NotAQueueFile: if the file holds other tables but neither ours
+        nor C's.
     """
     _connect(path).close()
 
