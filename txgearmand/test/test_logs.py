@@ -330,7 +330,7 @@ class DebugLogTests(ServerTestMixin, SynchronousTestCase):
         self.events = _capture(self)
         self.addCleanup(_log.set_level, "INFO")
 
-    def debug(self) -> list[dict[str, Any]]:
+    def debug_events(self) -> list[dict[str, Any]]:
         return [
             e
             for e in self.events
@@ -350,7 +350,7 @@ class DebugLogTests(ServerTestMixin, SynchronousTestCase):
         worker = self.connect().can_do(b"resize")
         worker.grab()
         worker.send(P.WORK_COMPLETE, handle, b"result!")
-        submitted, joined, assigned, completed = self.debug()
+        submitted, joined, assigned, completed = self.debug_events()
         text = formatEvent(submitted)
         self.assertEqual(
             text,
@@ -368,7 +368,7 @@ class DebugLogTests(ServerTestMixin, SynchronousTestCase):
         )
         self.assertEqual(completed["size"], 7)
         self.assertEqual(completed["clients"], 2)
-        for event in self.debug():
+        for event in self.debug_events():
             self.assertNotIn("secret", formatEvent(event))
             self.assertNotIn("b'", formatEvent(event))
 
@@ -382,7 +382,7 @@ class DebugLogTests(ServerTestMixin, SynchronousTestCase):
         worker.grab()
         worker.send(P.WORK_COMPLETE, handle, b"")
         self.assertFalse(_log.debugging)
-        self.assertEqual(self.debug(), [])
+        self.assertEqual(self.debug_events(), [])
 
 
 class StoreLogTests(SynchronousTestCase):
