@@ -77,6 +77,50 @@ def endpoint_problem(description: str) -> str | None:
     return None
 
 
+def bind_problem(description: str) -> str | None:
+    """
+    Whether a TCP (or TLS) endpoint's address can be bound, tried with a
+    socket closed at once; for a UNIX one, whether its directory exists.
+    Run before twistd daemonizes, so that a port in use or an address not
+    on this host fails in the foreground process with one whole line (a
+    daemon's failure reaches the parent cut to 100 bytes).  Other kinds are
+    not tried.
+
+    @return: what is wrong, or C{None}.
+    """
+    import os
+    import socket
+
+    from twisted.internet import endpoints
+    from twisted.internet.error import CannotListenError
+
+    try:
+        endpoint = endpoints.serverFromString(None, description)
+    except Exception:
+        return None  # endpoint_problem has said what is wrong.
+    address = getattr(endpoint, "_address", None)
+    if isinstance(address, str):
+        folder = os.path.dirname(os.path.abspath(address))
+        if not os.path.isdir(folder):
+            return f"no such directory: {folder}"
+        return None
+    port = getattr(endpoint, "_port", None)
+    interface = getattr(endpoint, "_interface", None)
+    if not isinstance(port, int) or not isinstance(interface, str):
+        return None
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    if isinstance(endpoint, endpoints.TCP6ServerEndpoint) and not interface:
+        family, interface = socket.AF_INET6, "::"
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As Twisted's listening ports do: a port in TIME_WAIT binds.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface, port))
+    except OSError as e:
+        return _one_line(CannotListenError(interface, port, e))
+    return None
+
+
 def parse_memory(value: str) -> int:
     """
     A memory budget: a size (see L{parse_size}) or a percentage of the
@@ -454,6 +498,20 @@ def _safe_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
+def _check_store(url: str) -> None:
+    """
+    Open the store and close it again.
+
+    @raise StartFailed: saying why it cannot be opened.
+    """
+    try:
+        store.check_store_url(url)
+    except Exception as e:
+        raise StartFailed(
+            f"twistd gearmand: cannot open the job store {_safe_url(url)}: {_one_line(e)}"
+        ) from None
+
+
 class GearmandService(MultiService):
     """
     A L{JobServer} and the ports that serve it.
@@ -498,13 +556,10 @@ class GearmandService(MultiService):
                 ) from None
         if self.store_url is not None:
             try:
-                store.check_store_url(self.store_url)
-            except Exception as e:
+                _check_store(self.store_url)
+            except StartFailed:
                 self._close_bound()
-                raise StartFailed(
-                    f"twistd gearmand: cannot open the job store {_safe_url(self.store_url)}:"
-                    f" {_one_line(e)}"
-                ) from None
+                raise
         for port, description in zip(self._ports, self._descriptions):
             bound = getattr(port, "_waitingForPort", None)
             if bound is not None:
@@ -609,11 +664,22 @@ _LOG = _log.logger("txgearmand.tap")
 def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandService:
     """
     Build the service tree of C{twistd gearmand}.
+
+    Called by twistd (without C{reactor}), it first checks that every port
+    can be bound and that the store opens, so that such a failure ends the
+    start here with one whole line, before twistd daemonizes (a daemon's
+    failure reaches the waiting parent cut to 100 bytes).  Nothing is left
+    bound or open.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+        for description in options["ports"]:
+            problem = bind_problem(description)
+            if problem is not None:
+                raise StartFailed(f"twistd gearmand: cannot listen on {description}: {problem}")
+        _check_store(options["queue"])
     settings: Settings = options["settings"]
     _log.set_level(settings.verbose)
     _LOG.info("{version}", version=version_text())

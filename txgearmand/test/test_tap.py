@@ -479,19 +479,21 @@ class StartFailureTests(SynchronousTestCase):
         self.workdir = Path(self.mktemp()).resolve()
         self.workdir.mkdir(parents=True)
 
-    def twistd(self, *gearmand: str) -> str:
+    def twistd(self, *gearmand: str, daemon: bool = False) -> str:
         """
-        Run C{twistd -n gearmand} with these options in the work directory,
-        where it must fail: check it exits 1 without a traceback and leaves
-        no file behind; return what it printed.
+        Run C{twistd -n gearmand} (or, with C{daemon}, C{twistd gearmand})
+        with these options in the work directory, where it must fail: check
+        it exits 1 without a traceback and leaves no file behind; return
+        what it printed.
         """
         import subprocess
         import sys
 
         from txgearmand.test import _process
 
+        twistd = ["--pidfile=twistd.pid"] if daemon else ["-n", "--pidfile="]
         result = subprocess.run(
-            [sys.executable, "-c", _process._TWISTD, "-n", "--pidfile=", "gearmand", *gearmand],
+            [sys.executable, "-c", _process._TWISTD, *twistd, "gearmand", *gearmand],
             cwd=self.workdir,
             env=_process.environment(),
             capture_output=True,
@@ -554,6 +556,37 @@ class StartFailureTests(SynchronousTestCase):
             output = self.twistd(f"--port={port}", "--queue=sqlite:jobs.sqlite")
             errors = [line for line in output.splitlines() if port in line]
             self.assertEqual(len(errors), 1, output)
+
+    def test_daemon(self) -> None:
+        """
+        As a daemon (without C{-n}), a port in use, an address not on this
+        host, a UNIX socket in no directory and a store that cannot be
+        opened each end the start with the same one whole line, from the
+        process that was started, before it daemonizes: no "An error has
+        occurred" cut to 100 bytes, no pid, log or store file.
+        """
+        from txgearmand.test import _process
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        free = f"tcp:{_process.free_port()}:interface=127.0.0.1"
+        cases = [
+            (
+                [f"--port=tcp:{taken.getsockname()[1]}:interface=127.0.0.1"],
+                "Address already in use",
+            ),
+            (["--port=tcp:4799:interface=192.0.2.1"], "Cannot assign requested address"),
+            (["--port=unix:/nonexistent/directory/g.sock"], "no such directory: /nonexistent"),
+            ([f"--port={free}", "--queue=sqlite:/nonexistent/directory/x.sqlite"], "job store"),
+        ]
+        for gearmand, reason in cases:
+            output = self.twistd(*gearmand, daemon=True)
+            self.assertEqual(len(output.strip().splitlines()), 1, output)
+            self.assertTrue(output.startswith("twistd gearmand: cannot "), output)
+            self.assertIn(reason, output)
+            self.assertNotIn("An error has occurred", output)
 
 
 class StartLogTests(SynchronousTestCase):
