@@ -260,9 +260,15 @@ class GearmanProtocol(Protocol):
             if failure is None:
                 slot[0] = _encode(_JOB_CREATED, handle)
             else:
-                slot[0] = _encode(
-                    _ERROR, b"QUEUE_ERROR", b"The job store failed: " + _text(failure)
+                text = b"The job store failed: " + _text(failure)
+                self.log.info(
+                    "Refused a submission of {function} from {peer}: {code} {text}",
+                    function=job.queue.name.decode("utf-8", "backslashreplace"),
+                    peer=self.describe(),
+                    code="QUEUE_ERROR",
+                    text=text.decode("utf-8", "replace"),
                 )
+                slot[0] = _encode(_ERROR, b"QUEUE_ERROR", text)
             self._release_held()
 
         assert job.commit_waiters is not None

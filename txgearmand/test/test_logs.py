@@ -320,6 +320,36 @@ class RoleLogTests(ServerTestMixin, SynchronousTestCase):
         self.assertEqual(self.info()[before:], [])
 
 
+class StoreRefusalLogTests(SynchronousTestCase):
+    """
+    A submission the store failed to take is logged as refused.
+    """
+
+    def test_store_failed(self) -> None:
+        """
+        The submitter's C{QUEUE_ERROR} is logged with the function and the
+        store's error.
+        """
+        events = _capture(self)
+        store = ManualStore()
+        clock = Clock()
+        server = JobServer(clock, store=store, job_handle_prefix=b"H:d")
+        server.startService()
+        client = FakeConnection(server)
+        client.send(P.SUBMIT_JOB_BG, b"resize", b"", b"x")
+        store.fail_next = True
+        store.commit()
+        clock.advance(0)
+        self.flushLoggedErrors(OSError)
+        [event] = [e for e in events if formatEvent(e).startswith("Refused a submission")]
+        self.assertEqual(
+            formatEvent(event),
+            f"Refused a submission of resize from {client.participant.describe()}:"
+            " QUEUE_ERROR The job store failed: disk full",
+        )
+        self.assertEqual(event["code"], "QUEUE_ERROR")
+
+
 class DebugLogTests(ServerTestMixin, SynchronousTestCase):
     """
     At DEBUG, each job's submit, assign and completion, with its handle,
