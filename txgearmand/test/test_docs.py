@@ -1,20 +1,40 @@
 """
-The examples in C{docs/examples/} and the code in README.rst run, so they
-cannot rot.  They live in the source checkout, next to the package.
+The documentation's code runs, so it cannot rot: the examples in
+C{docs/examples/} and the code in README.rst.  They live in the source
+checkout, next to the package.
+
+How the README's blocks are run:
+
+  - a C{.. code-block:: python} block is a whole program named by its
+    first line (C{# resize.py: ...}); each name has a test here
+    (L{README_PROGRAMS}) that saves the block under its name and runs it
+    as it is, with C{sys.executable}, against a server of its own; where
+    the text that follows says what it C{prints::}, its output must match
+    (C{...} matches anything, as in doctest).  A block whose first line is
+    C{# not run: REASON} is skipped (there are none now).
+  - in C{.. code-block:: shell} blocks, every C{twistd} command is parsed
+    with twistd's own option parser, C{gearmand}'s options included.
 """
 
 from __future__ import annotations
 
+import doctest
 import importlib.util
+import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -25,9 +45,16 @@ from txgearmand.wire import PacketType
 reactor: Any = _reactor
 ROOT = Path(_process.PACKAGE_ROOT)
 EXAMPLES = ROOT / "docs" / "examples"
+README = ROOT / "README.rst"
 
 #: How long a documented program may take (PyPy starts slowly).
 PROGRAM_TIMEOUT = 60.0
+
+#: The README's programs, by name, and the test that runs each.
+README_PROGRAMS = {
+    "gearman.tac": "ReadmeTests.test_embedding",
+    "resize.py": "ReadmeTests.test_client_and_worker",
+}
 
 
 def load(name: str) -> ModuleType:
@@ -44,6 +71,183 @@ def load(name: str) -> ModuleType:
     return module
 
 
+# -- reading the blocks of a reStructuredText file ---------------------------
+
+_DIRECTIVE = re.compile(r"^\.\. code-block:: *(\S+) *$")
+_NAME = re.compile(r"^# ([\w.-]+\.(?:py|tac))(?::|$)")
+_NOT_RUN = re.compile(r"^# not run: \S")
+_PYTHON_LINE = re.compile(r"^(import \w|from [\w.]+ import |def \w|async def \w|class \w)")
+
+
+@attrs.frozen
+class Block:
+    """
+    A block of code or output in a reStructuredText file.
+
+    @ivar source: the file.
+    @ivar line: the line its content starts on (1-based).
+    @ivar kind: the language of a C{code-block} directive (C{python},
+        C{shell}, C{console}), or C{literal} for a C{::} block.
+    @ivar text: its content, dedented.
+    @ivar intro: the paragraph that ends with C{::}, for a literal block.
+    """
+
+    source: Path
+    line: int
+    kind: str
+    text: str
+    intro: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.source.name}:{self.line}"
+
+    @property
+    def name(self) -> str | None:
+        """
+        A program's name, from its first line.
+        """
+        match = _NAME.match(self.text.splitlines()[0]) if self.text else None
+        return match.group(1) if match else None
+
+    @property
+    def not_run(self) -> bool:
+        return bool(self.text) and bool(_NOT_RUN.match(self.text.splitlines()[0]))
+
+
+def read_blocks(path: Path) -> list[Block]:
+    """
+    The C{code-block} directives and C{::} literal blocks of a file, in
+    order (directives at the start of a line only: the guide nests none).
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        directive = _DIRECTIVE.match(line)
+        if directive:
+            kind, intro = directive.group(1), ""
+        elif line.rstrip().endswith("::") and not line.startswith(".."):
+            start = i
+            while start > 0 and lines[start - 1].strip():
+                start -= 1
+            kind, intro = "literal", " ".join(x.strip() for x in lines[start : i + 1])
+        else:
+            i += 1
+            continue
+        i += 1
+        while i < len(lines) and re.match(r"^\s+:[\w-]+:", lines[i]):
+            i += 1
+        content: list[str] = []
+        first = None
+        while i < len(lines) and (not lines[i].strip() or lines[i][0].isspace()):
+            if lines[i].strip() and first is None:
+                first = i + 1
+            content.append(lines[i])
+            i += 1
+        text = textwrap.dedent("\n".join(content)).strip("\n") + "\n"
+        blocks.append(Block(path, first or i, kind, text, intro))
+    return blocks
+
+
+def readme() -> Path:
+    """
+    README.rst, or skip when it is not here.
+    """
+    if not README.exists():
+        raise SkipTest(f"{README} is not here: run the tests from a source checkout")
+    return README
+
+
+def programs(pages: Sequence[Path]) -> dict[str, tuple[Block, str | None]]:
+    """
+    The named Python blocks of some pages, by name, each with what the
+    text right after it says it prints (or L{None}).
+    """
+    found: dict[str, tuple[Block, str | None]] = {}
+    for page in pages:
+        blocks = read_blocks(page)
+        for n, block in enumerate(blocks):
+            if block.kind != "python" or block.name is None:
+                continue
+            prints = None
+            after = blocks[n + 1] if n + 1 < len(blocks) else None
+            if after is not None and after.kind == "literal" and after.intro.endswith("prints::"):
+                prints = after.text
+            if block.name in found:
+                raise AssertionError(f"{block.where}: a second program named {block.name}")
+            found[block.name] = (block, prints)
+    return found
+
+
+def twistd_commands(block: Block) -> Iterator[list[str]]:
+    """
+    The C{twistd} commands of a shell block, as argument lists (lines
+    joined at a trailing backslash, comments dropped, split at C{&&},
+    C{||}, C{;} and C{|}).
+    """
+    text = block.text.replace("\\\n", " ")
+    for line in text.splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for token in [*lexer, ";"]:
+            if token in ("&&", "||", ";", "|"):
+                if command and os.path.basename(command[0]) == "twistd":
+                    yield command
+                command = []
+            else:
+                command.append(token)
+
+
+def parse_twistd(argv: Sequence[str]) -> Any:
+    """
+    Parse a C{twistd} command line as twistd does (C{argv} without
+    C{twistd} itself); the options of its C{gearmand} sub-command.
+
+    @raise AssertionError: if twistd or C{gearmand} refuses it.
+    """
+    from twisted.scripts.twistd import ServerOptions  # type: ignore[attr-defined]
+
+    options = ServerOptions()
+    try:
+        options.parseOptions(list(argv))
+    except SystemExit as e:
+        raise AssertionError(f"twistd {shlex.join(argv)}: {e}") from None
+    except Exception as e:
+        raise AssertionError(f"twistd {shlex.join(argv)}: {e}") from None
+    if options.subCommand != "gearmand":
+        raise AssertionError(f"twistd {shlex.join(argv)}: not twistd gearmand")
+    return options.subOptions
+
+
+def run_program(
+    path: Path, *args: str, cwd: Path, timeout: float = PROGRAM_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run a program to its end with this Python and this txgearmand.
+
+    @raise AssertionError: if it is still running after C{timeout}.
+    """
+    try:
+        return subprocess.run(
+            [sys.executable, str(path), *args],
+            cwd=cwd,
+            env=_process.environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(
+            f"{path.name} did not finish within {timeout} s: it hangs\n"
+            f"stdout: {e.stdout!r}\nstderr: {e.stderr!r}"
+        ) from None
+
+
 class DocTestCase(SynchronousTestCase):
     """
     Helpers for running documented programs: a scratch directory, a
@@ -53,6 +257,14 @@ class DocTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.workdir = Path(self.mktemp()).resolve()
         self.workdir.mkdir(parents=True)
+
+    def save(self, block: Block, name: str | None = None) -> Path:
+        """
+        Save a block in the scratch directory, under its own name.
+        """
+        path = self.workdir / (name or block.name or "block.py")
+        path.write_text(block.text, encoding="utf-8")
+        return path
 
     def server(self) -> int:
         """
@@ -101,6 +313,23 @@ class DocTestCase(SynchronousTestCase):
             self.fail(f"it did not stop on SIGTERM:\n{output}")
         self.assertEqual(process.returncode, 0, output)
         return output
+
+    def assertPrints(
+        self, result: subprocess.CompletedProcess[str], expected: str | None, what: str
+    ) -> None:
+        """
+        A program exited with status 0 and printed what its documentation
+        says (C{...} matching anything).
+        """
+        self.assertEqual(result.returncode, 0, f"{what}:\n{result.stdout}\n{result.stderr}")
+        if expected is not None:
+            self.assertMatches(expected, result.stdout, what)
+
+    def assertMatches(self, expected: str, actual: str, what: str) -> None:
+        want = expected.rstrip() + "\n"
+        got = actual.rstrip() + "\n"
+        if not doctest.OutputChecker().check_output(want, got, doctest.ELLIPSIS):
+            self.fail(f"{what} printed:\n{got}\nbut the documentation says:\n{want}")
 
 
 class ExampleTests(TestCase):
@@ -185,28 +414,67 @@ class ChildWorkerTests(DocTestCase):
         self.stop(worker)
 
 
-class ReadmeTests(TestCase):
+class ReadmeTests(DocTestCase):
     """
-    The code in README.rst.
+    The code and commands in README.rst.
     """
+
+    def program(self, name: str) -> Block:
+        block, _ = programs([readme()])[name]
+        return block
+
+    def test_programs_are_run(self) -> None:
+        """
+        Every Python block of the README is a named program that a test
+        here runs, and no C{::} block holds Python.
+        """
+        blocks = read_blocks(readme())
+        named = programs([readme()])
+        self.assertEqual(set(named), set(README_PROGRAMS))
+        for block in blocks:
+            if block.kind == "python":
+                self.assertTrue(block.name or block.not_run, f"{block.where}: no name")
+            if block.kind == "literal":
+                self.assertFalse(
+                    any(_PYTHON_LINE.match(x) for x in block.text.splitlines()),
+                    f"{block.where}: Python in a :: block; make it a code-block",
+                )
 
     def test_embedding(self) -> None:
         """
-        The embedding example builds a service tree with a job server and a
-        Gearman port.
+        The embedding example (a .tac file) builds a service tree with a job
+        server and a Gearman port.
         """
-        readme = ROOT / "README.rst"
-        if not readme.exists():
-            raise SkipTest(f"{readme} is not here: run the tests from a source checkout")
-        text = readme.read_text()
-        section = text.split("Embedding it in a Twisted application", 1)[1]
-        match = re.search(r"::\n\n((?:    .*\n|\n)+)", section)
-        assert match is not None
-        code = "\n".join(line[4:] for line in match.group(1).splitlines())
+        block = self.program("gearman.tac")
         namespace: dict[str, Any] = {}
-        exec(compile(code, str(readme), "exec"), namespace)
+        exec(compile(block.text, block.where, "exec"), namespace)
         top = namespace["top"]
+        self.assertIs(top.parent, IService(namespace["application"]))
         children = list(top)
         self.assertIsInstance(children[0], JobServer)
         self.assertIsInstance(children[1], StreamServerEndpointService)
         self.assertEqual(children[0].settings.wakeup, 1)
+
+    def test_client_and_worker(self) -> None:
+        """
+        The client and worker program, run as written against a server:
+        it ends, having printed the job's result, rather than hanging.
+        """
+        path = self.save(self.program("resize.py"))
+        port = self.server()
+        result = run_program(path, f"tcp:127.0.0.1:{port}", cwd=self.workdir)
+        self.assertPrints(result, "resized photo-1.jpg\n", "resize.py")
+
+    def test_twistd_commands_parse(self) -> None:
+        """
+        Every twistd command in the README's shell blocks parses.
+        """
+        commands = [
+            argv
+            for block in read_blocks(readme())
+            if block.kind == "shell"
+            for argv in twistd_commands(block)
+        ]
+        self.assertGreaterEqual(len(commands), 1)
+        for argv in commands:
+            parse_twistd(argv[1:])
