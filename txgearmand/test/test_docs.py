@@ -1,19 +1,25 @@
 """
 The documentation's code runs, so it cannot rot: the examples in
-C{docs/examples/} and the code in README.rst.  They live in the source
-checkout, next to the package.
+C{docs/examples/}, the code in README.rst, and the user guide in
+C{docs/guide/}.  They live in the source checkout, next to the package.
 
-How the README's blocks are run:
+How the guide's and the README's blocks are run (C{docs/guide/index.rst}
+tells readers the same):
 
   - a C{.. code-block:: python} block is a whole program named by its
-    first line (C{# resize.py: ...}); each name has a test here
-    (L{README_PROGRAMS}) that saves the block under its name and runs it
-    as it is, with C{sys.executable}, against a server of its own; where
-    the text that follows says what it C{prints::}, its output must match
-    (C{...} matches anything, as in doctest).  A block whose first line is
-    C{# not run: REASON} is skipped (there are none now).
+    first line (C{# worker.py: ...}); each name has a test here
+    (L{GUIDE_PROGRAMS}, L{README_PROGRAMS}) that saves the block under
+    its name and runs it as it is, with C{sys.executable}, against a
+    server of its own; where the text that follows says what it
+    C{prints::}, its output must match (C{...} matches anything, as in
+    doctest).  A block whose first line is C{# not run: REASON} is
+    skipped (there are none now).
   - in C{.. code-block:: shell} blocks, every C{twistd} command is parsed
     with twistd's own option parser, C{gearmand}'s options included.
+  - in the guide's troubleshooting page, each C{.. code-block:: console}
+    block is a C{$ twistd ...} command and what it prints: the command is
+    run, and must exit with status 1 and print that.
+  - links to files of the checkout, and to README sections, must find them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -45,10 +52,20 @@ from txgearmand.wire import PacketType
 reactor: Any = _reactor
 ROOT = Path(_process.PACKAGE_ROOT)
 EXAMPLES = ROOT / "docs" / "examples"
+GUIDE = ROOT / "docs" / "guide"
 README = ROOT / "README.rst"
 
 #: How long a documented program may take (PyPy starts slowly).
 PROGRAM_TIMEOUT = 60.0
+
+#: The guide's programs, by name, and the test that runs each.
+GUIDE_PROGRAMS = {
+    "worker.py": "GuideTests.test_client_and_worker",
+    "client.py": "GuideTests.test_client_and_worker",
+    "app.py": "GuideTests.test_app",
+    "test_reverse.py": "GuideTests.test_unit_tests",
+    "restart.py": "GuideTests.test_restart",
+}
 
 #: The README's programs, by name, and the test that runs each.
 README_PROGRAMS = {
@@ -149,6 +166,15 @@ def read_blocks(path: Path) -> list[Block]:
         text = textwrap.dedent("\n".join(content)).strip("\n") + "\n"
         blocks.append(Block(path, first or i, kind, text, intro))
     return blocks
+
+
+def guide_pages() -> list[Path]:
+    """
+    The guide's pages, or skip when they are not here.
+    """
+    if not GUIDE.is_dir():
+        raise SkipTest(f"{GUIDE} is not here: run the tests from a source checkout")
+    return sorted(GUIDE.glob("*.rst"))
 
 
 def readme() -> Path:
@@ -478,3 +504,204 @@ class ReadmeTests(DocTestCase):
         self.assertGreaterEqual(len(commands), 1)
         for argv in commands:
             parse_twistd(argv[1:])
+
+
+class GuideTests(DocTestCase):
+    """
+    The user guide, docs/guide/: its programs run and print what it says,
+    its twistd commands parse, and its troubleshooting is true.
+    """
+
+    def program(self, name: str) -> tuple[Block, str | None]:
+        return programs(guide_pages())[name]
+
+    def test_programs_are_run(self) -> None:
+        """
+        Every Python block of the guide is a named program that a test here
+        runs; no C{::} block holds Python; console blocks are only in the
+        troubleshooting page, where a test runs them; every code-block
+        directive was read.
+        """
+        pages = guide_pages()
+        self.assertEqual(set(programs(pages)), set(GUIDE_PROGRAMS))
+        for page in pages:
+            blocks = read_blocks(page)
+            text = page.read_text(encoding="utf-8")
+            self.assertEqual(
+                text.count(".. code-block::"),
+                sum(b.kind != "literal" for b in blocks),
+                f"{page.name}: a code-block directive not at the start of a line",
+            )
+            for block in blocks:
+                self.assertIn(block.kind, ("python", "shell", "console", "literal"), block.where)
+                if block.kind == "python":
+                    self.assertTrue(block.name or block.not_run, f"{block.where}: no name")
+                if block.kind == "console":
+                    self.assertEqual(page.name, "troubleshooting.rst", block.where)
+                if block.kind == "literal":
+                    self.assertFalse(
+                        any(_PYTHON_LINE.match(x) for x in block.text.splitlines()),
+                        f"{block.where}: Python in a :: block; make it a code-block",
+                    )
+
+    def test_links(self) -> None:
+        """
+        Every link of the guide and the README to a file of the checkout
+        finds it, and every link to a README section finds its title.
+        """
+        titles = readme().read_text(encoding="utf-8").splitlines()
+        anchors = {
+            re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+            for title, underline in zip(titles, titles[1:])
+            if title and re.fullmatch(r"([-=~])\1+", underline)
+        }
+        links = 0
+        for page in [*guide_pages(), readme()]:
+            text = page.read_text(encoding="utf-8")
+            for target in re.findall(r"`[^`<]*<([^>`]+)>`_", text):
+                if re.match(r"\w+://", target):
+                    continue
+                path, _, anchor = target.partition("#")
+                found = (page.parent / path).resolve()
+                self.assertTrue(found.exists(), f"{page.name}: {target}")
+                if anchor:
+                    self.assertEqual(found, README, f"{page.name}: {target}")
+                    self.assertIn(anchor, anchors, f"{page.name}: {target}")
+                links += 1
+        self.assertGreaterEqual(links, 20)
+
+    def test_twistd_commands_parse(self) -> None:
+        """
+        Every twistd command in the guide's shell blocks parses, with
+        twistd's options and gearmand's.
+        """
+        commands = [
+            (block, argv)
+            for page in guide_pages()
+            for block in read_blocks(page)
+            if block.kind == "shell"
+            for argv in twistd_commands(block)
+        ]
+        self.assertGreaterEqual(len(commands), 10)
+        for block, argv in commands:
+            try:
+                parse_twistd(argv[1:])
+            except AssertionError as e:
+                self.fail(f"{block.where}: {e}")
+
+    def test_client_and_worker(self) -> None:
+        """
+        worker.py and client.py: with the worker running against a server,
+        the client prints what the guide says; the worker stops on SIGTERM.
+        """
+        worker_block, _ = self.program("worker.py")
+        client_block, prints = self.program("client.py")
+        self.assertIsNotNone(prints)
+        port = self.server()
+        server = f"tcp:127.0.0.1:{port}"
+        worker = self.start(self.save(worker_block), server)
+        result = run_program(self.save(client_block), server, cwd=self.workdir)
+        self.assertPrints(result, prints, "client.py")
+        self.stop(worker)
+
+    def test_app(self) -> None:
+        """
+        app.py serves Gearman on the endpoint it is given, its in-process
+        worker does a job submitted over TCP, and it stops on SIGTERM.
+        """
+        block, _ = self.program("app.py")
+        port = _process.free_port()
+        app = self.start(self.save(block), f"tcp:{port}:interface=127.0.0.1")
+        _process.wait_for_port(port, app, PROGRAM_TIMEOUT)  # type: ignore[arg-type]
+        connection = _process.PacketConnection(port, timeout=PROGRAM_TIMEOUT)
+        self.addCleanup(connection.close)
+        connection.send(PacketType.SUBMIT_JOB, b"reverse", b"", b"stressed")
+        connection.expect(PacketType.JOB_CREATED)
+        body = connection.expect(PacketType.WORK_COMPLETE)
+        self.assertEqual(body.split(b"\0", 1)[1], b"desserts")
+        connection.close()
+        self.stop(app)
+        self.assertTrue((self.workdir / "app-jobs.sqlite").exists())
+
+    def test_unit_tests(self) -> None:
+        """
+        test_reverse.py passes under trial, as the guide says to run it.
+        """
+        block, _ = self.program("test_reverse.py")
+        self.save(block)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "twisted.trial", "test_reverse"],
+                cwd=self.workdir,
+                env=_process.environment(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=PROGRAM_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            self.fail("test_reverse.py hangs")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("PASSED (successes=2)", result.stdout)
+
+    def test_restart(self) -> None:
+        """
+        restart.py prints what the guide says.
+        """
+        block, prints = self.program("restart.py")
+        self.assertIsNotNone(prints)
+        result = run_program(self.save(block), cwd=self.workdir)
+        self.assertPrints(result, prints, "restart.py")
+
+    def test_troubleshooting(self) -> None:
+        """
+        Each console block of the troubleshooting page, run in a directory
+        of its own (all at once, to be quick): exit status 1, no traceback,
+        and what the page says it prints.
+
+        What the page cannot show literally is arranged: port 4730 becomes
+        a free port; where the page says the port is in use, this test
+        listens on it; where it says another twistd runs from the
+        directory, this test's pid is in its C{twistd.pid}.
+        """
+        page = GUIDE / "troubleshooting.rst"
+        if not page.exists():
+            raise SkipTest(f"{page} is not here: run the tests from a source checkout")
+        runs = []
+        for n, block in enumerate(b for b in read_blocks(page) if b.kind == "console"):
+            command, *printed = block.text.splitlines()
+            self.assertTrue(command.startswith("$ twistd "), block.where)
+            port = str(_process.free_port())
+            argv = [a.replace("4730", port) for a in shlex.split(command[2:])]
+            expected = "\n".join(printed).replace("4730", port)
+            directory = self.workdir / f"run-{n}"
+            directory.mkdir()
+            if "Address already in use" in expected:
+                busy = socket.socket()
+                self.addCleanup(busy.close)
+                busy.bind(("", int(port)))
+                busy.listen()
+            if expected.startswith("Another twistd server is running"):
+                (directory / "twistd.pid").write_text(str(os.getpid()))
+            process = subprocess.Popen(
+                [sys.executable, "-c", _process._TWISTD, *argv[1:]],
+                cwd=directory,
+                env=_process.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            runs.append((block, process, expected))
+        self.assertGreaterEqual(len(runs), 10)
+        for block, process, expected in runs:
+            try:
+                output, _ = process.communicate(timeout=PROGRAM_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                output, _ = process.communicate(timeout=_process.STOP_TIMEOUT)
+                self.fail(f"{block.where}: still running after {PROGRAM_TIMEOUT} s:\n{output}")
+            self.assertEqual(process.returncode, 1, f"{block.where}:\n{output}")
+            self.assertNotIn("Traceback", output, block.where)
+            self.assertMatches(expected, output, block.where)
