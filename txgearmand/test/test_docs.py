@@ -491,6 +491,36 @@ class ReadmeTests(DocTestCase):
         result = run_program(path, f"tcp:127.0.0.1:{port}", cwd=self.workdir)
         self.assertPrints(result, "resized photo-1.jpg\n", "resize.py")
 
+    def setup_command(self, title: str) -> str:
+        """
+        The one command of the README block introduced by C{title}.
+        """
+        text = readme().read_text(encoding="utf-8")
+        self.assertEqual(text.count(title), 1, title)
+        after = [b for b in read_blocks(readme()) if b.kind == "shell"]
+        position = text.index(title)
+        lines = text[:position].count("\n")
+        block = next(b for b in after if b.line > lines)
+        commands = block.text.splitlines()
+        self.assertEqual(len(commands), 1, block.where)
+        return commands[0]
+
+    def test_setup_commands(self) -> None:
+        """
+        The README's two set-up commands each make a virtual environment
+        and use it, in one line (Debian's own Python refuses C{pip install}
+        outside one); .ci/run runs the test command as written there.
+        """
+        server = self.setup_command("Install and run the server")
+        tests = self.setup_command("Install and run the tests")
+        for command in (server, tests):
+            self.assertTrue(command.startswith("python3 -m venv .venv && .venv/bin/pip install "))
+        self.assertTrue(server.endswith(" && .venv/bin/twistd -n gearmand --port=4730"))
+        self.assertTrue(tests.endswith(" && .venv/bin/python -m twisted.trial txgearmand"), tests)
+        ci = ROOT / ".ci" / "run"
+        if ci.exists():
+            self.assertIn('readme_command "Install and run the tests"', ci.read_text())
+
     def test_twistd_commands_parse(self) -> None:
         """
         Every twistd command in the README's shell blocks parses.
@@ -501,7 +531,7 @@ class ReadmeTests(DocTestCase):
             if block.kind == "shell"
             for argv in twistd_commands(block)
         ]
-        self.assertGreaterEqual(len(commands), 1)
+        self.assertGreaterEqual(len(commands), 2)
         for argv in commands:
             parse_twistd(argv[1:])
 
