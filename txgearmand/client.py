@@ -266,7 +266,11 @@ class _ClientProtocol(Protocol):
     def _on_error(self, args: tuple[bytes, ...]) -> None:
         entry = self._reply()
         if entry is None:
-            log.warn("ERROR from the server: {code} {text}", code=args[0], text=args[1])
+            log.warn(
+                "ERROR from the server: {code} {text}",
+                code=args[0].decode("utf-8", "backslashreplace"),
+                text=args[1].decode("utf-8", "backslashreplace"),
+            )
             return
         waiter = entry[1]
         error = ServerError(args[0], args[1])

@@ -293,7 +293,7 @@ class JobFlow:
         if participant.roles:
             kinds = [name for bit, name in _ROLES if participant.roles & bit]
             self.log.info(
-                "{kinds} {peer} ({id}) left after submitting {submitted} jobs and doing {done}",
+                "{kinds} {peer} ({id}) left; jobs submitted: {submitted}, done: {done}",
                 kinds=" and ".join(kinds).capitalize(),
                 peer=participant.describe(),
                 id=text(participant.client_id),

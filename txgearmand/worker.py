@@ -156,7 +156,11 @@ class _WorkerProtocol(Protocol):
             elif ptype == PacketType.ERROR:
                 args = wire.split_body(ptype, body) or (b"", b"")
                 # A late result for a job the server took back; harmless.
-                log.debug("ERROR from the server: {code} {text}", code=args[0], text=args[1])
+                log.debug(
+                    "ERROR from the server: {code} {text}",
+                    code=_text(args[0]),
+                    text=_text(args[1]),
+                )
             else:
                 log.warn("Unexpected packet {ptype} from the server", ptype=ptype)
         if self._parser.error is not None and self.transport is not None:
@@ -165,7 +169,9 @@ class _WorkerProtocol(Protocol):
     def run(self, job: WorkerJob) -> None:
         entry = self.worker._functions.get(job.function)
         if entry is None:
-            log.warn("Got a job for {function}, which is not registered", function=job.function)
+            log.warn(
+                "Got a job for {function}, which is not registered", function=_text(job.function)
+            )
             self.send(PacketType.WORK_FAIL, job.handle)
             self.grab()
             return
@@ -190,8 +196,8 @@ class _WorkerProtocol(Protocol):
                 log.failure(
                     "Job {handle} ({function}) failed",
                     failure,
-                    handle=job.handle,
-                    function=job.function,
+                    handle=_text(job.handle),
+                    function=_text(job.function),
                 )
                 name = failure.type.__name__ if failure.type is not None else "Error"
                 text = f"{name}: {failure.getErrorMessage()}"
@@ -374,3 +380,10 @@ class GearmanWorker(MultiService):
         its standard input and output, and finishes when the parent goes.
         """
         return cls([stdio_endpoint(reactor)], reactor, reconnect=False, **kwargs)
+
+
+def _text(value: bytes) -> str:
+    """
+    Bytes from the server as text for the log (not a Python repr).
+    """
+    return value.decode("utf-8", "backslashreplace")

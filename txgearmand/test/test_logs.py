@@ -287,9 +287,9 @@ class RoleLogTests(ServerTestMixin, SynchronousTestCase):
         worker.grab()
         worker.disconnect()
         client.disconnect()
-        event = self.find(f"Worker {wpeer} (-) left after submitting 0 jobs and doing 1")
+        event = self.find(f"Worker {wpeer} (-) left; jobs submitted: 0, done: 1")
         self.assertEqual((event["submitted"], event["done"]), (0, 1))
-        event = self.find(f"Client {peer} (resizer-1) left after submitting 2 jobs")
+        event = self.find(f"Client {peer} (resizer-1) left; jobs submitted: 2")
         self.assertEqual(event["submitted"], 2)
 
     def test_sleeping_worker_and_both_roles(self) -> None:
