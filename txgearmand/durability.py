@@ -140,7 +140,7 @@ class Durability:
         for fq in registry.over_limit():
             self.log.warn(
                 "{function} has {n} stored jobs, over its max queue; all are kept",
-                function=fq.name,
+                function=fq.name.decode("utf-8", "backslashreplace"),
                 n=fq.total(),
             )
         self.log.info("Replayed {n} stored jobs", n=len(records))
@@ -272,7 +272,7 @@ class Durability:
         took = self._clock.seconds() - started
         if took > self._slow_after:
             self._became_slow("writing {changes} job changes took {seconds:.3f} s", changes, took)
-        elif self.slow and not self._waited_too_long():
+        elif self.slow and not isinstance(result, Failure) and not self._waited_too_long():
             self.slow = False
             self.log.info(
                 "The job store is quick again: writing {changes} job changes took {seconds:.3f} s",
@@ -310,7 +310,11 @@ class Durability:
         self.watch_timer = None
         waited = self._waited_too_long()
         if waited:
-            self._became_slow("a write has waited {seconds:.3f} s", 0, waited)
+            self._became_slow(
+                "a write has waited {seconds:.3f} s ({changes} writes outstanding)",
+                len(self._writing),
+                waited,
+            )
         if self._writing and self._clock is not None:
             self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
 

@@ -112,10 +112,6 @@ class JobFlow:
             raise GearmanError(b"ARGUMENT_TOO_LARGE", b"Unique value too large")
         if not function:
             raise GearmanError(b"INVALID_ARGUMENT", b"Function name is empty")
-        if client is not None:
-            client.jobs_submitted += 1
-            if not client.roles & CLIENT:
-                self._new_role(client, CLIENT)
         durability = self.durability
         if unique:
             job = self.table.of_unique(function, unique, data)
@@ -127,6 +123,8 @@ class JobFlow:
                 elif client is not None:
                     # One entry per submission, as both peers do.
                     job.add_listener(client)
+                if client is not None:
+                    self._submitted(client)
                 if _log.debugging:
                     self._debug_submit(job, client, len(data), background, "joined")
                 return job
@@ -160,6 +158,8 @@ class JobFlow:
         elif client is not None:
             job.listeners = [client]
             client.listening[job] = None
+        if client is not None:
+            self._submitted(client)
         # Fast path: a disabled DEBUG level costs one attribute read.
         if _log.debugging:
             self._debug_submit(job, client, len(data), background, "submitted")
@@ -168,6 +168,12 @@ class JobFlow:
         else:
             self.enqueue(job)
         return job
+
+    def _submitted(self, client: Participant) -> None:
+        # Counted once accepted: a refused submission is not one.
+        client.jobs_submitted += 1
+        if not client.roles & CLIENT:
+            self._new_role(client, CLIENT)
 
     def _debug_submit(
         self, job: Job, client: Participant | None, size: int, background: bool, how: str

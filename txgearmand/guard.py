@@ -71,7 +71,7 @@ class Guard:
     @ivar over: whether the server refuses submissions for its budget:
         set by a refusal, cleared by the first look that finds the bytes
         counted back under the budget.
-    @ivar alarm: L{JobServer.submit_job} calls L{admit} only when the
+    @ivar alarm: L{txgearmand.flow.JobFlow.submit} calls L{admit} only when the
         counted bytes plus a new job's would pass this: below it, admitting
         a job costs one comparison.
     @ivar connections: connections open now.

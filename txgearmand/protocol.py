@@ -84,6 +84,8 @@ class GearmanProtocol(Protocol):
         # the server's JobFlow, a call fewer per request than through the
         # JobServer's Gearman::Server-named methods.
         self._flow = server.flow
+        #: Requests refused on this connection (see L{_refused}).
+        self._refusals = 0
         #: Bytes the incomplete message holds against the memory budget.
         self._reserved = 0
         #: When the unsent output went over the soft limit, if it is.
@@ -493,13 +495,24 @@ class GearmanProtocol(Protocol):
     # -- errors ---------------------------------------------------------
 
     def _refused(self, ptype: int, error: GearmanError) -> None:
-        self.log.info(
-            "Refused {request} from {peer}: {code} {text}",
-            request=_name(ptype),
-            peer=self.describe(),
-            code=error.code.decode("ascii", "replace"),
-            text=error.text.decode("utf-8", "replace"),
-        )
+        self._refusals += 1
+        n = self._refusals
+        # A peer that keeps sending what is refused gets the first lines,
+        # then one per thousand: the log does not grow a line per packet.
+        if n <= _LOGGED_REFUSALS or not n % 1000:
+            self.log.info(
+                "Refused {request} from {peer}: {code} {text}{more}",
+                request=_name(ptype),
+                peer=self.describe(),
+                code=error.code.decode("ascii", "replace"),
+                text=error.text.decode("utf-8", "replace"),
+                refusals=n,
+                more=(
+                    f" ({n} refusals on this connection; one in 1000 is logged)"
+                    if n > _LOGGED_REFUSALS
+                    else ""
+                ),
+            )
         self.send_error(error.code, error.text)
 
     def _internal_error(self, ptype: int) -> None:
@@ -538,6 +551,10 @@ class GearmanProtocol(Protocol):
             self.send_packet(_JOB_CREATED, job.handle)
         else:
             self.reply_when_committed(job)
+
+
+#: Refusals logged per connection before only every 1000th is.
+_LOGGED_REFUSALS = 10
 
 
 def _name(ptype: int) -> str:

@@ -61,6 +61,11 @@ class JobServer(Service):
     call it; it keeps the functions, queues and jobs and tells the
     participants what to send.
 
+    Its job methods (L{submit_job}, L{grab_job}, L{work_complete}...) are
+    entry points for code that drives the server, not hooks: the protocol
+    calls its L{JobFlow} directly, and overriding them in a subclass does
+    not change what connections get.
+
     @ivar settings: its L{Settings}.
     @ivar table: the L{JobTable}.
     @ivar registry: the L{FunctionRegistry}.

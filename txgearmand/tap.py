@@ -99,10 +99,23 @@ def bind_problem(description: str) -> str | None:
     except Exception:
         return None  # endpoint_problem has said what is wrong.
     address = getattr(endpoint, "_address", None)
-    if isinstance(address, str):
-        folder = os.path.dirname(os.path.abspath(address))
+    if isinstance(address, (str, bytes)):
+        path = os.fsdecode(address)
+        if path.startswith(("\0", "@")):
+            return None  # Linux's abstract namespace: no file.
+        folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             return f"no such directory: {folder}"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"cannot write in {folder}"
+        if os.path.exists(path):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                try:
+                    probe.connect(path)
+                except OSError:
+                    return None  # Stale: Twisted's lock file lets it go.
+            return f"{path} is in use: another server listens on it"
         return None
     port = getattr(endpoint, "_port", None)
     interface = getattr(endpoint, "_interface", None)
@@ -498,14 +511,14 @@ def _safe_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def _check_store(url: str) -> None:
+def _check_store(url: str, early: bool = False) -> None:
     """
-    Open the store and close it again.
+    Open the store and close it again (see L{store.check_store_url}).
 
     @raise StartFailed: saying why it cannot be opened.
     """
     try:
-        store.check_store_url(url)
+        store.check_store_url(url, early)
     except Exception as e:
         raise StartFailed(
             f"twistd gearmand: cannot open the job store {_safe_url(url)}: {_one_line(e)}"
@@ -666,10 +679,10 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
     Build the service tree of C{twistd gearmand}.
 
     Called by twistd (without C{reactor}), it first checks that every port
-    can be bound and that the store opens, so that such a failure ends the
-    start here with one whole line, before twistd daemonizes (a daemon's
-    failure reaches the waiting parent cut to 100 bytes).  Nothing is left
-    bound or open.
+    can be bound and that the store can be opened, so that such a failure
+    ends the start here with one whole line, before twistd daemonizes (a
+    daemon's failure reaches the waiting parent cut to 100 bytes).  Nothing
+    is left bound or open, and nothing is created.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -679,7 +692,7 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
             problem = bind_problem(description)
             if problem is not None:
                 raise StartFailed(f"twistd gearmand: cannot listen on {description}: {problem}")
-        _check_store(options["queue"])
+        _check_store(options["queue"], early=True)
     settings: Settings = options["settings"]
     _log.set_level(settings.verbose)
     _LOG.info("{version}", version=version_text())

@@ -11,6 +11,7 @@ Choose one with a URL (C{--queue URL}, or L{store_from_url}):
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from txgearmand.interfaces import IJobStore, StoredJob
@@ -52,11 +53,14 @@ def store_from_url(reactor: Any, url: str) -> IJobStore | None:
     return PostgreSQLStore(reactor, where)
 
 
-def check_store_url(url: str) -> None:
+def check_store_url(url: str, early: bool = False) -> None:
     """
     Open the store a URL names and close it again, synchronously: call it
     before the reactor runs, to fail at once with a clear message.
 
+    @param early: checked before twistd has changed directory, umask or
+        user: an SQLite file is not created (only its directory checked),
+        and one at a relative path is not checked at all.
     @raise ValueError: for a URL of no known kind.
     @raise Exception: whatever opening the store raised.
     """
@@ -64,7 +68,9 @@ def check_store_url(url: str) -> None:
     if kind == "sqlite":
         from txgearmand.store.sqlite import check_sqlite
 
-        check_sqlite(where)
+        if early and not os.path.isabs(where):
+            return
+        check_sqlite(where, create=not early)
     elif kind == "postgresql":
         from txgearmand.store.postgresql import check_postgresql
 

@@ -197,7 +197,9 @@ class PostgreSQLStore(ThreadedStore):
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             log.info("Connecting to PostgreSQL again")
-            self._conn = _connect(self.conninfo, self.table)
+            # C's tables are imported once, at start, never while serving:
+            # their ids would collide with the ones handed out since.
+            self._conn = _connect(self.conninfo, self.table, import_c=False)
         return self._conn
 
     def load(self) -> Deferred[list[StoredJob]]:

@@ -10,7 +10,9 @@ once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sqlite3
 from typing import Any
 
@@ -168,16 +170,47 @@ def _import_c_queues(db: sqlite3.Connection, path: str) -> int:
     return sum(n for _, n, _ in imported)
 
 
-def check_sqlite(path: str) -> None:
+def check_sqlite(path: str, create: bool = True) -> None:
     """
-    Open (creating if needed, and importing C gearmand's queue if the file
-    holds it) the database, synchronously, and close it: for a clear error
-    at start-up, before the reactor runs.
+    Open the database (importing C gearmand's queue if the file holds it),
+    check that it can be written, and close it, synchronously: for a clear
+    error at start-up, before the reactor runs.  A file this check had to
+    create is removed again, so that the store makes it when it opens, as
+    the user and with the umask the server runs with (twistd's C{--uid},
+    C{--umask}).
 
+    @param create: if false, a missing file is not made: only its
+        directory is checked.
     @raise NotAQueueFile: if the file holds other tables but neither ours
         nor C's.
+    @raise OSError: if a missing file's directory cannot be written.
     """
-    _connect(path).close()
+    existed = os.path.exists(path)
+    if not existed and not create:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise OSError(f"no such directory: {folder}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OSError(f"cannot write in {folder}")
+        return
+    db = _connect(path)
+    try:
+        _check_writable(db)
+    finally:
+        db.close()
+    if not existed:
+        for made in (path, path + "-wal", path + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(made)
+
+
+def _check_writable(db: sqlite3.Connection) -> None:
+    """
+    Take the write lock and let it go: a read-only file fails here, not at
+    the first job.
+    """
+    db.execute("BEGIN IMMEDIATE").fetchall()
+    db.execute("ROLLBACK").fetchall()
 
 
 @implementer(IJobStore)
@@ -196,7 +229,13 @@ class SQLiteStore(ThreadedStore):
 
     def open(self) -> Deferred[None]:
         def connect() -> None:
-            self._db = _connect(self.path)
+            db = _connect(self.path)
+            try:
+                _check_writable(db)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
 
         return self._open_in_thread(connect)
 

@@ -151,10 +151,12 @@ class Server:
             return None
 
 
-def twistd_gearmand(workdir: Path, *options: str, python: str | None = None) -> Server:
+def twistd_gearmand(
+    workdir: Path, *options: str, python: str | None = None, twistd: Sequence[str] = ()
+) -> Server:
     """
     A C{twistd -n gearmand} process (not started) on a free port, with
-    its log in C{workdir}.
+    its log in C{workdir}, and C{twistd}'s own options if given.
     """
     port = free_port()
     argv = [
@@ -164,6 +166,7 @@ def twistd_gearmand(workdir: Path, *options: str, python: str | None = None) -> 
         "-n",
         "--pidfile=",
         f"--logfile={workdir / 'twistd.log'}",
+        *twistd,
         "gearmand",
         f"--port=tcp:{port}:interface=127.0.0.1",
         *options,

@@ -135,6 +135,22 @@ class JobLogTests(ServerTestMixin, SynchronousTestCase):
         event = self.logged("Refused SUBMIT_JOB_BG from")
         self.assertEqual(event["code"], "QUEUE_ERROR")
 
+    def test_refusal_flood(self) -> None:
+        """
+        A connection refused again and again is logged ten times, then once
+        per thousand refusals.
+        """
+        self.make_server(max_queue={b"resize": 1})
+        client = self.connect()
+        client.submit(b"resize", b"x", ptype=P.SUBMIT_JOB_BG)
+        for _ in range(2500):
+            client.send(P.SUBMIT_JOB_BG, b"resize", b"", b"y")
+        lines = [formatEvent(e) for e in self.events if formatEvent(e).startswith("Refused")]
+        self.assertEqual(len(lines), 12)
+        self.assertTrue(
+            lines[-1].endswith("(2000 refusals on this connection; one in 1000 is logged)")
+        )
+
 
 class JSONLogTests(SynchronousTestCase):
     """
@@ -450,7 +466,7 @@ class StoreLogTests(SynchronousTestCase):
         self.assertEqual(self.store_events(), [])
         self.clock.advance(1.5)
         self.assertEqual(len(self.store_events()), 1)
-        self.assertIn("a write has waited 2.500 s", self.store_events()[0])
+        self.assertIn("a write has waited 2.500 s (1 writes outstanding)", self.store_events()[0])
         self.clock.advance(10)
         self.store.commit()
         self.assertEqual(len(self.store_events()), 1)
@@ -464,6 +480,20 @@ class StoreLogTests(SynchronousTestCase):
         event = next(e for e in self.events if formatEvent(e) == slow)
         self.assertEqual(event["threshold"], 2)
         self.assertEqual(event["log_level"], LogLevel.warn)
+
+    def test_failing_is_not_quick(self) -> None:
+        """
+        A write that fails at once (a database that went away) does not
+        make a slow store quick again.
+        """
+        self.client.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+        self.clock.advance(3)
+        self.client.send(P.SUBMIT_JOB_BG, b"f", b"", b"y")
+        self.store.fail_next = True
+        self.store.commit()
+        self.flushLoggedErrors(OSError)
+        self.assertTrue(self.server.durability.slow)
+        self.assertEqual(len(self.store_events()), 1)
 
     def test_slow_commit_measured(self) -> None:
         """

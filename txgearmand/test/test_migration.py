@@ -21,6 +21,7 @@ from txgearmand import wire
 from txgearmand.store._cqueue import kept_name
 from txgearmand.store.postgresql import check_postgresql
 from txgearmand.store.sqlite import NotAQueueFile, check_sqlite
+from txgearmand.store.sqlite import _connect as _sqlite_connect
 from txgearmand.test import _postgres, _process
 from txgearmand.wire import PacketType as P
 
@@ -267,7 +268,7 @@ class CQueueTests(_CGearmandCase):
         columns and one more, is neither imported nor renamed.
         """
         path = Path(self.mktemp())
-        check_sqlite(str(path))
+        _sqlite_connect(str(path)).close()
         with sqlite3.connect(str(path)) as db:
             db.execute("CREATE TABLE gearman_queue (unique_key, function_name, data)")
             db.execute(f"CREATE TABLE jobs ({C_SQLITE_COLUMNS.replace('PRIMARY', 'id, PRIMARY')})")

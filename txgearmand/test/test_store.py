@@ -6,6 +6,7 @@ commit writer.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -301,19 +302,32 @@ class URLTests(SynchronousTestCase):
 
     def test_check(self) -> None:
         """
-        C{check_store_url} creates an SQLite file, and raises for one that
-        cannot be.
+        C{check_store_url} opens an SQLite file and leaves none it made (the
+        store makes it, as the user the server runs as); it raises for one
+        that cannot be made; early, it makes nothing and skips relative
+        paths; a read-only file is refused.
         """
+        import sqlite3
+
         path = Path(self.mktemp())
         path.mkdir(parents=True)
         check_store_url(f"sqlite:{path / 'x.sqlite'}")
-        self.assertTrue((path / "x.sqlite").exists())
-        import sqlite3
-
+        self.assertEqual(list(path.iterdir()), [])
         self.assertRaises(
             sqlite3.OperationalError, check_store_url, "sqlite:/nonexistent/dir/x.sqlite"
         )
+        with self.assertRaises(OSError) as caught:
+            check_store_url("sqlite:/nonexistent/dir/x.sqlite", early=True)
+        self.assertIn("no such directory", str(caught.exception))
+        check_store_url("sqlite:relative/nowhere/x.sqlite", early=True)
+        check_store_url(f"sqlite:{path / 'x.sqlite'}", early=True)
+        self.assertEqual(list(path.iterdir()), [])
         check_store_url("memory")
+        if os.getuid() != 0:
+            read_only = path / "ro.sqlite"
+            sqlite3.connect(str(read_only)).close()
+            read_only.chmod(0o444)
+            self.assertRaises(sqlite3.OperationalError, check_store_url, f"sqlite:{read_only}")
 
 
 class BatchWriterTests(SynchronousTestCase):

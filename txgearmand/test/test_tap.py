@@ -11,7 +11,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txgearmand import _log, tap
 from txgearmand.server import JobServer
@@ -202,10 +202,11 @@ class MakeServiceTests(SynchronousTestCase):
         store = service.job_server.store
         assert isinstance(store, SQLiteStore)
         self.assertEqual(store.path, "gearmand.sqlite")
-        # Made once the ports are bound, not before.
+        # Made when the store opens (as the user twistd runs it as), not
+        # when the ports are bound and the store checked.
         self.assertFalse(os.path.exists("gearmand.sqlite"))
         service.privilegedStartService()
-        self.assertTrue(os.path.exists("gearmand.sqlite"))
+        self.assertFalse(os.path.exists("gearmand.sqlite"))
         memory = tap.makeService(options("--queue=memory"), MemoryReactorClock())
         self.assertIsNone(memory.job_server.store)
 
@@ -589,6 +590,57 @@ class StartFailureTests(SynchronousTestCase):
             self.assertNotIn("An error has occurred", output)
 
 
+class DroppedPrivilegesTests(SynchronousTestCase):
+    """
+    C{twistd --uid}: the store is made by the user the server runs as.
+    """
+
+    def test_uid(self) -> None:
+        """
+        Started as root with C{--uid=nobody}, a new SQLite store is made
+        by C{nobody} (the start-up check leaves no root-owned file), so
+        background jobs are stored rather than refused.
+        """
+        import os
+        import pwd
+        from pathlib import Path
+
+        from txgearmand.test import _process
+        from txgearmand.wire import PacketType as P
+
+        if os.getuid() != 0:
+            raise SkipTest("needs root, to drop privileges")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            raise SkipTest("no user nobody") from None
+        import shutil
+        import tempfile
+
+        # Outside trial's folder, which others cannot search.
+        workdir = Path(tempfile.mkdtemp(prefix="txgearmand-uid-"))
+        self.addCleanup(shutil.rmtree, workdir, True)
+        workdir.chmod(0o755)
+        store_dir = workdir / "store"
+        store_dir.mkdir()
+        store_dir.chmod(0o777)
+        for parent in [workdir, *workdir.parents]:
+            if not os.stat(parent).st_mode & 0o001:
+                raise SkipTest(f"{parent} is not searchable by others")
+        server = _process.twistd_gearmand(
+            workdir,
+            f"--queue=sqlite:{store_dir / 'jobs.sqlite'}",
+            twistd=[f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}"],
+        )
+        server.start()
+        self.addCleanup(server.stop)
+        conn = _process.PacketConnection(server.port)
+        self.addCleanup(conn.sock.close)
+        conn.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+        self.assertTrue(conn.expect(P.JOB_CREATED).startswith(b"H:"))
+        self.assertEqual((store_dir / "jobs.sqlite").stat().st_uid, nobody.pw_uid)
+
+
 class StartLogTests(SynchronousTestCase):
     """
     What a good start logs first.
@@ -616,7 +668,7 @@ class StartLogTests(SynchronousTestCase):
         service.store_url = "postgresql://gearman:secret@db/jobs"
         from txgearmand import store
 
-        self.patch(store, "check_store_url", lambda url: None)
+        self.patch(store, "check_store_url", lambda url, early=False: None)
         service.privilegedStartService()
         text = "\n".join(formatEvent(e) for e in events)
         self.assertIn(f"txgearmand {__version__}", text)
