@@ -24,6 +24,7 @@ from txgearmand.batching import OutputBatch
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import IJobStore, StoredJob
 from txgearmand.job import JobTable
+from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import Job, JobState
 from txgearmand.schedule import Schedule
 
@@ -54,6 +55,7 @@ class Durability:
         lost: Callable[[Job], None],
         clock: IReactorTime | None = None,
         slow_seconds: float = 0.0,
+        latency: Histogram | None = None,
     ) -> None:
         """
         @param batch: the server's output batch: writes go to the store
@@ -65,6 +67,7 @@ class Durability:
             watched).
         @param slow_seconds: a write taking longer makes the store slow
             (logged once, and its recovery too); C{0}: not watched.
+        @param latency: where each write's duration is counted.
         """
         self.store = store
         self.ready = store is None
@@ -77,6 +80,11 @@ class Durability:
         self._not_stored: list[Job] = []
         self._clock = clock
         self._slow_after = slow_seconds if clock is not None else 0.0
+        self._latency = latency
+        # Writes are timed when watched for slowness or measured.
+        self._timed = clock is not None and (bool(slow_seconds) or latency is not None)
+        #: The last write error: its text and when, or C{None}.
+        self.last_error: tuple[str, float] | None = None
         self._writing: dict[int, float] = {}
         self._writes = 0
         self.watch_timer: IDelayedCall | None = None
@@ -244,13 +252,13 @@ class Durability:
                     for job in jobs
                 ]
             )
-            if self._slow_after:
+            if self._timed:
                 d.addBoth(self._wrote, self._writing_started(), len(jobs))
             d.addBoth(self._committed, jobs)
         if self._to_remove:
             ids, self._to_remove = self._to_remove, []
             d = store.remove_many(ids)
-            if self._slow_after:
+            if self._timed:
                 d.addBoth(self._wrote, self._writing_started(), len(ids))
             d.addErrback(_logged_by_the_store)
 
@@ -260,7 +268,7 @@ class Durability:
         assert self._clock is not None
         self._writes += 1
         self._writing[self._writes] = self._clock.seconds()
-        if self.watch_timer is None:
+        if self.watch_timer is None and self._slow_after:
             self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
         return self._writes
 
@@ -269,7 +277,17 @@ class Durability:
         started = self._writing.pop(write, None)
         if started is None:
             return result
-        took = self._clock.seconds() - started
+        now = self._clock.seconds()
+        took = now - started
+        if self._latency is not None:
+            self._latency.observe(took)
+        if isinstance(result, Failure):
+            self.last_error = (
+                " ".join(str(result.value).split()) or type(result.value).__name__,
+                now,
+            )
+        if not self._slow_after:
+            return result
         if took > self._slow_after:
             self._became_slow("writing {changes} job changes took {seconds:.3f} s", changes, took)
         elif self.slow and not isinstance(result, Failure) and not self._waited_too_long():
@@ -330,6 +348,7 @@ class Durability:
                 if job.state is _DONE:
                     pass
                 elif job.background:
+                    job.queue.counts[REFUSED] += 1
                     self.log.warn(
                         "Dropping {handle}: the store did not take it",
                         handle=job.handle.decode("utf-8", "backslashreplace"),

@@ -22,6 +22,18 @@ from txgearmand.functions import FunctionRegistry
 from txgearmand.guard import Guard
 from txgearmand.interfaces import IJobStore
 from txgearmand.job import HIGH, JOB_OVERHEAD, LOW, NORMAL, Job, JobState, JobTable
+from txgearmand.meters import (
+    CANCELLED,
+    COMPLETED,
+    EXCEPTIONS,
+    FAILED,
+    REFUSED,
+    RETRIED,
+    SUBMITTED_BG,
+    SUBMITTED_FG,
+    TIMED_OUT,
+    Meters,
+)
 from txgearmand.records import CLIENT, WORKER, Participant
 from txgearmand.schedule import Schedule
 from txgearmand.settings import Settings
@@ -74,15 +86,17 @@ class JobFlow:
         guard: Guard,
         drain: Drain,
         store: IJobStore | None,
+        meters: Meters,
     ) -> None:
         self.reactor = reactor
+        self.meters = meters
         self.settings = settings
         self.table = table
         self.registry = registry
         self.guard = guard
         self.drain = drain
         self.durability = Durability(
-            store, output, self.finish, reactor, settings.store_slow_seconds
+            store, output, self.finish, reactor, settings.store_slow_seconds, meters.store_latency
         )
         self.schedule = Schedule(reactor, self.release_due)
         self.workers = Workers(reactor, settings, registry, output, self.take_back)
@@ -125,6 +139,7 @@ class JobFlow:
                     job.add_listener(client)
                 if client is not None:
                     self._submitted(client)
+                job.queue.counts[SUBMITTED_BG if background else SUBMITTED_FG] += 1
                 if _log.debugging:
                     self._debug_submit(job, client, len(data), background, "joined")
                 return job
@@ -135,6 +150,7 @@ class JobFlow:
         if table.held_bytes + guard.partial + guard.output + size > guard.alarm:
             if not guard.admit(size):
                 guard.refused("submissions")
+                self.registry.counts.of(function)[REFUSED] += 1
                 raise GearmanError(
                     b"QUEUE_ERROR",
                     b"Server is over its memory budget; try again later or elsewhere",
@@ -149,6 +165,9 @@ class JobFlow:
         job.cost = size
         table.held_bytes += size
         self.jobs_accepted += 1
+        fq.counts[SUBMITTED_BG if background else SUBMITTED_FG] += 1
+        if self.meters.timing:
+            job.created = self.reactor.seconds()
         if unique:
             table.index_unique(job)
         if background:
@@ -239,6 +258,8 @@ class JobFlow:
                     timeout = worker.timeouts.get(fq.name)
                     if timeout:
                         job.timer = self.reactor.callLater(timeout, self._timed_out, job)
+                    if self.meters.timing:
+                        job.started = self.reactor.seconds()
                     if _log.debugging:
                         self.log.debug(
                             "Job {handle} ({function}) assigned to {worker}",
@@ -321,6 +342,7 @@ class JobFlow:
         job.timer = None
         if job.state is not _RUNNING:
             return
+        job.queue.counts[TIMED_OUT] += 1
         self.log.info(
             "Job {handle} ({function}) timed out on {worker}",
             handle=text(job.handle),
@@ -366,6 +388,7 @@ class JobFlow:
                 retries=job.retries,
                 limit=limit,
             )
+            job.queue.counts[FAILED] += 1
             job.relay(_WORK_FAIL, job.handle)
             self._forget(job)
         elif job.require_listener and not job.listeners:
@@ -377,6 +400,7 @@ class JobFlow:
                 function=text(job.queue.name),
                 attempt=job.retries + 1,
             )
+            job.queue.counts[RETRIED] += 1
             job.numerator = job.denominator = b"0"
             self.enqueue(job)
 
@@ -438,6 +462,7 @@ class JobFlow:
             handle=text(handle),
             function=text(job.queue.name),
         )
+        job.queue.counts[CANCELLED] += 1
         job.relay(_WORK_FAIL, handle)
         self.take_away(job)
         self.finish(job)
@@ -479,6 +504,9 @@ class JobFlow:
             job.relay(PacketType.WORK_COMPLETE, handle, data)
             worker.jobs_done += 1
             worker.jobs_finished += 1
+            job.queue.counts[COMPLETED] += 1
+            if job.started is not None:
+                self._ran(job)
             if _log.debugging:
                 self.log.debug(
                     "Job {handle} ({function}) completed by {worker}: {size} bytes,"
@@ -506,6 +534,9 @@ class JobFlow:
             job.relay(_WORK_FAIL, handle)
             worker.jobs_done += 1
             worker.jobs_finished += 1
+            job.queue.counts[FAILED] += 1
+            if job.started is not None:
+                self._ran(job)
             self.finish(job)
 
     def work_exception(self, worker: Participant, handle: bytes, data: bytes) -> None:
@@ -528,9 +559,16 @@ class JobFlow:
             job.relay_exception(data, self.settings.exceptions)
             worker.jobs_done += 1
             worker.jobs_finished += 1
+            job.queue.counts[EXCEPTIONS] += 1
+            if job.started is not None:
+                self._ran(job)
             # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL.
             worker.remember_released(handle)
             self.finish(job)
+
+    def _ran(self, job: Job) -> None:
+        assert job.started is not None
+        self.meters.run_time.observe(self.reactor.seconds() - job.started)
 
 
 def cancel_timer(job: Job) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Union
 
+from txgearmand.meters import REFUSED, FunctionCounts
 from txgearmand.records import FunctionQueue
 from txgearmand.settings import Limits, limits_of
 from txgearmand.wire import GearmanError
@@ -26,10 +27,17 @@ class FunctionRegistry:
     @ivar by_name: every known L{FunctionQueue} by name (read it; change it
         through the methods).
     @ivar limits_by_name: the functions that have max-queue limits.
+    @ivar counts: every function's counters (L{FunctionCounts}), which
+        outlive the functions.
     """
 
-    def __init__(self, max_queue: Mapping[bytes, Union[int, Iterable[int]]] | None = None):
+    def __init__(
+        self,
+        max_queue: Mapping[bytes, Union[int, Iterable[int]]] | None = None,
+        counts: FunctionCounts | None = None,
+    ):
         self.by_name: dict[bytes, FunctionQueue] = {}
+        self.counts = counts if counts is not None else FunctionCounts()
         self.limits_by_name: dict[bytes, Limits] = {}
         for name, limit in (max_queue or {}).items():
             self.set_limits(name, limits_of(limit))
@@ -44,6 +52,7 @@ class FunctionRegistry:
         fq = self.by_name.get(name)
         if fq is None:
             fq = self.by_name[name] = FunctionQueue(name)
+            fq.counts = self.counts.of(name)
         return fq
 
     def get(self, name: bytes) -> FunctionQueue | None:
@@ -128,6 +137,7 @@ class FunctionRegistry:
         if limits is not None:
             limit = limits[priority]
             if limit and fq.total() >= limit:
+                fq.counts[REFUSED] += 1
                 self.forget_if_unused(fq)
                 raise GearmanError(b"QUEUE_ERROR", b"Job queue is full")
 

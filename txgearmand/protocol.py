@@ -84,6 +84,7 @@ class GearmanProtocol(Protocol):
         # the server's JobFlow, a call fewer per request than through the
         # JobServer's Gearman::Server-named methods.
         self._flow = server.flow
+        self._traffic = server.meters.traffic
         #: Requests refused on this connection (see L{_refused}).
         self._refusals = 0
         #: Bytes the incomplete message holds against the memory budget.
@@ -126,6 +127,7 @@ class GearmanProtocol(Protocol):
             # 64 KiB job arrives in one read, not two.
             transport.bufferSize = _READ_SIZE  # type: ignore[attr-defined]
         self.participant = self.server.new_client(self)
+        self._traffic.connections += 1
         self.log.debug("Connection from {peer}", peer=self.describe())
         if not self.server.ready:
             # Not before the store is replayed: its jobs must be queued first.
@@ -145,6 +147,9 @@ class GearmanProtocol(Protocol):
         try:
             parser = self._parser
             messages = parser.feed(data)
+            traffic = self._traffic
+            traffic.bytes_in += len(data)
+            traffic.packets_in += len(messages)
             if messages and self._reserved:
                 # The packet it reserved for is whole: it is counted as what
                 # it becomes (a job), not twice, and it is not stalled.
@@ -237,13 +242,17 @@ class GearmanProtocol(Protocol):
         self._emit(data)
 
     def _emit(self, data: bytes) -> None:
+        self._traffic.packets_out += 1
         batch = self._batch
         if batch.depth:
+            # Fast path: bytes out are counted once per flush, not per packet.
             out = self._out
             if not out:
                 batch.mark_dirty(self)
             out.append(data)
-        elif _direct.write(self.transport, self._socket, data) and self._measurable:
+            return
+        self._traffic.bytes_out += len(data)
+        if _direct.write(self.transport, self._socket, data) and self._measurable:
             self.check_output()
 
     def reply_when_committed(self, job: Job) -> None:
@@ -307,10 +316,9 @@ class GearmanProtocol(Protocol):
         self._out = []
         if self.closed or self.transport is None:
             return
-        if (
-            _direct.write(self.transport, self._socket, out[0] if len(out) == 1 else b"".join(out))
-            and self._measurable
-        ):
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._traffic.bytes_out += len(data)
+        if _direct.write(self.transport, self._socket, data) and self._measurable:
             self.check_output()
 
     def close(self) -> None:

@@ -102,6 +102,10 @@ class Job:
         C{None}.
     @ivar cost: what it counts against the memory budget while in the job
         table (see L{txgearmand.job.cost}).
+    @ivar created: when it was submitted, while the server times jobs
+        (else C{None}).
+    @ivar started: when a worker last took it, while the server times jobs
+        (else C{None}).
     """
 
     handle: bytes
@@ -124,6 +128,8 @@ class Job:
     store_id: Optional[int] = None
     commit_waiters: Optional[list[Any]] = None
     cost: int = 0
+    created: Optional[float] = None
+    started: Optional[float] = None
 
     def relay(self, ptype: int, *args: bytes) -> None:
         """
@@ -198,10 +204,13 @@ class FunctionQueue:
     @ivar created: made with the admin C{create function} command, so it is
         listed even with no worker and no job.
     @ivar wake_timer: the pending delayed wake-up, if any.
+    @ivar counts: its counters (see L{txgearmand.meters}), kept by name
+        after it is forgotten.
     """
 
     __slots__ = (
         "_dead",
+        "counts",
         "created",
         "name",
         "queued",
@@ -223,6 +232,7 @@ class FunctionQueue:
         self.workers: dict[Participant, None] = {}
         self.sleepers: OrderedDict[Participant, None] = OrderedDict()
         self.created = False
+        self.counts: list[int] = [0] * 9
         self.wake_timer: IDelayedCall | None = None
 
     def __repr__(self) -> str:

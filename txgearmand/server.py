@@ -36,6 +36,7 @@ from txgearmand.functions import FunctionRegistry
 from txgearmand.guard import Guard
 from txgearmand.interfaces import IJobStore, IPeer
 from txgearmand.job import NORMAL, Job, JobTable
+from txgearmand.meters import Meters
 from txgearmand.records import FunctionQueue, Participant
 from txgearmand.settings import Settings, limits_of
 from txgearmand.stats import StatsReporter
@@ -82,6 +83,7 @@ class JobServer(Service):
     @ivar children: the workers it started that still run, by pid.
     @ivar guard: the L{Guard}: memory budget, read timeouts, output and
         connection limits.
+    @ivar meters: the L{Meters}: what it counts about itself.
     """
 
     log = _log.logger("txgearmand.server.JobServer")
@@ -119,6 +121,11 @@ class JobServer(Service):
         self.output = OutputBatch(reactor)
         self.guard = Guard(reactor, self.settings, self.table)
         self.drain = Drain(lambda: self.jobs_outstanding() + self.jobs_running())
+        self.meters = Meters(
+            reactor,
+            lambda: (self.flow.jobs_accepted, self.flow.jobs_ended),
+            self.registry.counts,
+        )
         self.flow = JobFlow(
             reactor,
             self.settings,
@@ -128,6 +135,7 @@ class JobServer(Service):
             self.guard,
             self.drain,
             store,
+            self.meters,
         )
         self.durability = self.flow.durability
         self.output.before_flush = self.durability.flush
@@ -269,6 +277,7 @@ class JobServer(Service):
         self._schedule.stop()
         self.guard.stop()
         self._stats.stop()
+        self.meters.stop()
         return self.durability.close()
 
     # -- participants (Gearman::Server's "clients") ---------------------

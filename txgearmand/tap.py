@@ -504,11 +504,7 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _safe_url(url: str) -> str:
-    """
-    A store URL without its password.
-    """
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+_safe_url = store.safe_url
 
 
 def _check_store(url: str, early: bool = False) -> None:

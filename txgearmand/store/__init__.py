@@ -12,12 +12,45 @@ Choose one with a URL (C{--queue URL}, or L{store_from_url}):
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from txgearmand.interfaces import IJobStore, StoredJob
 from txgearmand.store.memory import MemoryStore
 
-__all__ = ["IJobStore", "MemoryStore", "StoredJob", "check_store_url", "store_from_url"]
+__all__ = [
+    "IJobStore",
+    "MemoryStore",
+    "StoredJob",
+    "check_store_url",
+    "describe",
+    "safe_url",
+    "store_from_url",
+]
+
+
+def safe_url(url: str) -> str:
+    """
+    A store URL (or PostgreSQL connection string) without its password.
+    """
+    url = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+
+
+def describe(store: IJobStore | None) -> tuple[str, str]:
+    """
+    A store's kind (C{memory}, C{sqlite}, C{postgresql}, or its class
+    name) and where it keeps its jobs, without secrets.
+    """
+    if store is None:
+        return "memory", ""
+    path = getattr(store, "path", None)
+    if isinstance(path, str):
+        return "sqlite", path
+    conninfo = getattr(store, "conninfo", None)
+    if isinstance(conninfo, str):
+        return "postgresql", safe_url(conninfo)
+    return type(store).__name__, ""
 
 
 def _kind(url: str) -> tuple[str, str]:

@@ -75,11 +75,13 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.guard": MODEL,
     "txgearmand.stats": MODEL,
     "txgearmand.flow": MODEL,
+    "txgearmand.meters": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
     # 3: adapters.
     "txgearmand.protocol": ADAPTERS,
     "txgearmand.admin": ADAPTERS,
+    "txgearmand.status": ADAPTERS,
     # 4: assembly.
     "txgearmand.inprocess": ASSEMBLY,
     "txgearmand.testing": ASSEMBLY,
