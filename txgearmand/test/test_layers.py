@@ -80,6 +80,8 @@ LAYERS: Mapping[str, int] = {
     # 3: adapters.
     "txgearmand.protocol": ADAPTERS,
     "txgearmand.admin": ADAPTERS,
+    # HTTP job submission (--http).
+    "txgearmand.httpsubmit": ADAPTERS,
     # 4: assembly.
     "txgearmand.inprocess": ASSEMBLY,
     "txgearmand.testing": ASSEMBLY,
