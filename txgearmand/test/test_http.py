@@ -824,7 +824,6 @@ class ConnectionTests(HTTPTestMixin, SynchronousTestCase):
         self.assertTrue(stalled.closed)
         self.assertFalse(waiting.closed)
         self.assertEqual(len(self.server.jobs()), 1)
-        self.clock.advance(LINGER_SECONDS + 20)
 
     def test_connection_limit(self) -> None:
         """
