@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.python import usage
 
 from txgearmand import _host, _log, store
+from txgearmand.httpsubmit import HTTPSubmitFactory
 from txgearmand.protocol import GearmanServerFactory
 from txgearmand.server import JobServer
 from txgearmand.settings import ADMIN_SHUTDOWN_POLICIES, Settings, SettingsError
@@ -181,6 +182,23 @@ def _number(kind: type, option: str) -> Any:
     return coerce
 
 
+def _http_endpoint(value: str) -> str:
+    """
+    C{--http}: a port number (for C{tcp:N}) or a server endpoint string,
+    checked as C{--port}'s are.
+    """
+    description = value.strip()
+    if description.isdigit():
+        description = "tcp:" + description
+    problem = endpoint_problem(description)
+    if problem is not None:
+        raise ValueError(f"--http {description}: {problem}")
+    return description
+
+
+_http_endpoint.coerceDoc = ""  # type: ignore[attr-defined]
+
+
 class GearmandOptions(usage.Options):
     """
     Options of C{twistd gearmand}; a bad one raises a C{usage.UsageError}
@@ -306,6 +324,16 @@ class GearmandOptions(usage.Options):
             "this many seconds, or whose packet body gets no byte for as long "
             "(0: never). Idle connections are never closed.",
             _number(float, "read-timeout"),
+        ],
+        # --http: HTTP job submission (txgearmand.httpsubmit); off by default.
+        [
+            "http",
+            None,
+            None,
+            "Also accept jobs over HTTP here, as C gearmand's -r http does: a port "
+            "number or a Twisted server endpoint string (POST /FUNCTION with the "
+            "workload as the body; see docs/guide/http.rst) [default: off].",
+            _http_endpoint,
         ],
         [
             "tcp-keepalive",
@@ -688,6 +716,13 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
             problem = bind_problem(description)
             if problem is not None:
                 raise StartFailed(f"twistd gearmand: cannot listen on {description}: {problem}")
+        # --http: its port is checked as the others.
+        if options["http"] is not None:
+            problem = bind_problem(options["http"])
+            if problem is not None:
+                raise StartFailed(
+                    f"twistd gearmand: cannot listen on --http {options['http']}: {problem}"
+                )
         _check_store(options["queue"], early=True)
     settings: Settings = options["settings"]
     _log.set_level(settings.verbose)
@@ -705,6 +740,14 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
     factory = GearmanServerFactory(job_server)
     for description in options["ports"]:
         top.add_port(strports.service(description, factory, reactor=reactor), description)
+    # --http: HTTP job submission, a port of the service like the others
+    # (bound before the start, stopped first, said in the log).
+    if options["http"] is not None:
+        http_factory = HTTPSubmitFactory(job_server)
+        top.add_port(
+            strports.service(options["http"], http_factory, reactor=reactor),
+            f"--http {options['http']}",
+        )
     # Checked once the ports are bound, before the reactor runs: a store
     # that cannot be opened fails the start with a message, rather than a
     # server that loses jobs.
