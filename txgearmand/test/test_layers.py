@@ -75,6 +75,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.guard": MODEL,
     "txgearmand.stats": MODEL,
     "txgearmand.flow": MODEL,
+    "txgearmand.access": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
     # 3: adapters.

@@ -1,0 +1,361 @@
+"""
+Tests for who may change what: L{txgearmand.access} (the C{--admin-allow}
+rules), their use by the admin commands, L{txgearmand.clientcerts}
+(client certificates on C{ssl:} ports), and all of it end to end against
+a C{twistd gearmand} process over TCP (127.0.0.1 and ::1), UNIX sockets
+and TLS, with Python's C{gear} as the TLS client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Optional
+
+import attrs
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txgearmand.access import (
+    AccessRuleError,
+    AccessRules,
+    IIdentifiedPeer,
+    PeerIdentity,
+    identity_of,
+    identity_of_peer,
+    parse_fingerprint,
+)
+from txgearmand.settings import Settings, SettingsError
+from txgearmand.test import _pki
+from txgearmand.test.helpers import LOCAL, LOCAL6, REMOTE, UNIX
+from txgearmand.testing import RecordingPeer
+
+try:
+    import gear
+except ImportError:  # pragma: no cover
+    gear = None
+
+#: Every network wait in these tests is bounded by this.
+TIMEOUT = 20.0
+
+DENIED = b"ERR PERMISSION_DENIED %s+is+not+allowed+from+this+connection+by+--admin-allow\r\n"
+
+
+def _digest(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+# -- the rules, with fakes ---------------------------------------------------
+
+
+class RuleParsingTests(SynchronousTestCase):
+    """
+    L{AccessRules.parse}: each kind of rule, and a clear error for a bad
+    one.
+    """
+
+    def test_kinds(self) -> None:
+        """
+        Addresses, networks (v4 and v6), C{unix} in any case, C{cert:} and
+        C{ca:} rules are read; the rules keep their text, stripped.
+        """
+        pki = _pki.make_pki(Path(self.mktemp()))
+        texts = [
+            "127.0.0.1",
+            " 10.0.0.0/8 ",
+            "::1",
+            "fd00::/8",
+            "[::1]",
+            "UNIX",
+            "cert:" + "ab" * 32,
+            f"ca:{pki.ca.cert}",
+        ]
+        rules = AccessRules.parse(texts)
+        self.assertEqual(rules.rules, tuple(t.strip() for t in texts))
+        self.assertTrue(rules.restricted)
+        self.assertEqual(rules, AccessRules(texts))
+
+    def test_none(self) -> None:
+        """
+        Without rules nothing is restricted and everyone is allowed.
+        """
+        rules = AccessRules()
+        self.assertFalse(rules.restricted)
+        self.assertTrue(rules.allows(PeerIdentity()))
+        self.assertTrue(rules.allows(PeerIdentity(address="192.0.2.1")))
+        self.assertEqual(AccessRules.parse([]), rules)
+
+    def test_one_string(self) -> None:
+        """
+        One string is one rule, not a rule per character.
+        """
+        self.assertEqual(AccessRules("unix").rules, ("unix",))
+
+    def test_errors(self) -> None:
+        """
+        Each bad rule raises L{AccessRuleError} (a C{ValueError}) naming
+        it and saying what is wrong.
+        """
+        cases = {
+            "": "an empty rule",
+            "localhost": "localhost: not an address, a network",
+            "10.1.0.0/8": "did you mean 10.0.0.0/8?",
+            "300.1.1.1": "300.1.1.1: not an address",
+            "::1/200": "::1/200: not an address",
+            "cert:": "64 hex digits",
+            "cert:xyz": "cert:xyz: a fingerprint is 64 hex digits",
+            "cert:abcd": "64 hex digits, not 4",
+            "cert:" + "a" * 40: "a SHA-1 fingerprint; give the SHA-256 one",
+            "ca:": "ca: needs the path of a PEM file",
+            "ca:/nonexistent/ca.pem": "ca:/nonexistent/ca.pem: cannot read it: No such file",
+        }
+        for text, message in cases.items():
+            with self.assertRaises(AccessRuleError) as raised:
+                AccessRules.parse([text])
+            self.assertIsInstance(raised.exception, ValueError)
+            self.assertIn(message, str(raised.exception), text)
+
+    def test_ca_file_without_certificates(self) -> None:
+        """
+        A C{ca:} file that holds no certificate, or a broken one, is
+        refused.
+        """
+        _pki.require_tls()
+        empty = Path(self.mktemp())
+        empty.write_text("nothing here\n")
+        with self.assertRaises(AccessRuleError) as raised:
+            AccessRules.parse([f"ca:{empty}"])
+        self.assertIn("no PEM certificate in it", str(raised.exception))
+        broken = Path(self.mktemp())
+        broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        with self.assertRaises(AccessRuleError) as raised:
+            AccessRules.parse([f"ca:{broken}"])
+        self.assertIn("a certificate that cannot be read", str(raised.exception))
+
+    def test_fingerprint_spellings(self) -> None:
+        """
+        A fingerprint is read with or without colons, in any case, after
+        C{sha256:}, C{SHA256=} or OpenSSL's C{sha256 Fingerprint=}.
+        """
+        digest = bytes(range(32))
+        plain = digest.hex()
+        colons = ":".join(plain[i : i + 2] for i in range(0, 64, 2))
+        for text in [
+            plain,
+            plain.upper(),
+            colons,
+            colons.upper(),
+            "sha256:" + plain,
+            "SHA256=" + colons.upper(),
+            "sha256 Fingerprint=" + colons.upper(),
+            "SHA256 Fingerprint=" + colons,
+            " " + colons + " ",
+        ]:
+            self.assertEqual(parse_fingerprint(text), digest, text)
+
+
+class MatchingTests(SynchronousTestCase):
+    """
+    L{AccessRules.allows} and L{AccessRules.matching} with identities made
+    by hand.
+    """
+
+    def test_addresses(self) -> None:
+        """
+        An address rule matches that address only; a network rule every
+        address in it, of its own family.
+        """
+        rules = AccessRules(["127.0.0.0/8", "192.0.2.7", "fd00::/8"])
+        allowed = ["127.0.0.1", "127.255.0.9", "192.0.2.7", "fd00::1", "fdff::2"]
+        refused = ["192.0.2.8", "10.0.0.1", "::1", "fe80::1", "not an address", ""]
+        for address in allowed:
+            self.assertTrue(rules.allows(PeerIdentity(address=address)), address)
+        for address in refused:
+            self.assertFalse(rules.allows(PeerIdentity(address=address)), address)
+        self.assertFalse(rules.allows(PeerIdentity()))
+        self.assertFalse(rules.allows(PeerIdentity(unix=True)))
+
+    def test_ipv4_mapped(self) -> None:
+        """
+        An IPv4 peer of an IPv6 socket (C{::ffff:a.b.c.d}) matches IPv4
+        rules, and an IPv4 peer matches a rule written in the mapped form.
+        """
+        self.assertTrue(AccessRules("10.0.0.0/8").allows(PeerIdentity(address="::ffff:10.1.2.3")))
+        self.assertFalse(AccessRules("10.0.0.0/8").allows(PeerIdentity(address="::ffff:11.0.0.1")))
+        self.assertTrue(AccessRules("::ffff:10.1.2.3").allows(PeerIdentity(address="10.1.2.3")))
+        self.assertTrue(AccessRules("::ffff:0:0/96").allows(PeerIdentity(address="127.0.0.1")))
+
+    def test_ipv6_scope(self) -> None:
+        """
+        A link-local peer's zone (C{%eth0}) does not stop it matching.
+        """
+        rules = AccessRules("fe80::/10")
+        self.assertTrue(rules.allows(PeerIdentity(address="fe80::1%eth0")))
+
+    def test_unix(self) -> None:
+        """
+        C{unix} matches UNIX-socket peers only.
+        """
+        rules = AccessRules("unix")
+        self.assertTrue(rules.allows(PeerIdentity(unix=True)))
+        self.assertFalse(rules.allows(PeerIdentity(address="127.0.0.1")))
+
+    def test_fingerprint(self) -> None:
+        """
+        C{cert:} matches the certificate with that SHA-256 digest, and
+        nothing without a certificate.
+        """
+        der = b"0\x82 a certificate, as far as this test cares"
+        rules = AccessRules(["cert:" + _digest(der).upper()])
+        self.assertTrue(rules.allows(PeerIdentity(address="192.0.2.1", certificate=der)))
+        self.assertFalse(rules.allows(PeerIdentity(address="192.0.2.1", certificate=der + b"!")))
+        self.assertFalse(rules.allows(PeerIdentity(address="192.0.2.1")))
+
+    def test_ca(self) -> None:
+        """
+        C{ca:} matches a certificate that CA signed, or one signed by an
+        intermediate CA the peer sent along; not one of another CA, a
+        self-signed one, an expired one, an intermediate missing, or no
+        certificate.
+        """
+        pki = _pki.make_pki(Path(self.mktemp()))
+        rules = AccessRules([f"ca:{pki.ca.cert}"])
+        expired = _pki.make(pki.directory, "expired", pki.ca, days=-1)
+        self.assertTrue(rules.allows(PeerIdentity(certificate=pki.alice.der)))
+        self.assertTrue(
+            rules.allows(PeerIdentity(certificate=pki.carol.der, chain=(pki.intermediate.der,)))
+        )
+        for refused in [
+            PeerIdentity(certificate=pki.carol.der),
+            PeerIdentity(certificate=pki.mallory.der),
+            PeerIdentity(certificate=pki.selfsigned.der),
+            PeerIdentity(certificate=expired.der),
+            PeerIdentity(certificate=b"not DER at all"),
+            PeerIdentity(address="127.0.0.1"),
+        ]:
+            self.assertFalse(rules.allows(refused), refused)
+
+    def test_any_rule(self) -> None:
+        """
+        A peer is allowed when any rule matches; L{AccessRules.matching}
+        names the first that does.
+        """
+        rules = AccessRules(["10.0.0.0/8", "unix", "10.1.0.0/16"])
+        self.assertEqual(rules.matching(PeerIdentity(address="10.1.2.3")), "10.0.0.0/8")
+        self.assertEqual(rules.matching(PeerIdentity(unix=True)), "unix")
+        self.assertIsNone(rules.matching(PeerIdentity(address="192.0.2.1")))
+        self.assertIsNone(AccessRules().matching(PeerIdentity()))
+
+
+class _FakeTLSConnection:
+    def __init__(self, chain: Optional[list[Any]]) -> None:
+        self.chain = chain
+
+    def get_peer_cert_chain(self) -> Optional[list[Any]]:
+        return self.chain
+
+
+class _FakeTLSTransport(StringTransport):
+    """
+    A transport with a peer certificate, as Twisted's TLS transports have.
+    """
+
+    def __init__(self, peer: Any, certificate: Any, chain: Optional[list[Any]]) -> None:
+        super().__init__(peerAddress=peer)
+        self.certificate = certificate
+        self.connection = _FakeTLSConnection(chain)
+
+    def getPeerCertificate(self) -> Any:
+        return self.certificate
+
+    def getHandle(self) -> Any:
+        return self.connection
+
+
+class IdentityTests(SynchronousTestCase):
+    """
+    L{identity_of} reads a transport; L{identity_of_peer} any peer.
+    """
+
+    def test_addresses(self) -> None:
+        """
+        TCP peers give their address (no port), UNIX ones C{unix}.
+        """
+        self.assertEqual(
+            identity_of(StringTransport(peerAddress=REMOTE)), PeerIdentity(address="192.0.2.7")
+        )
+        self.assertEqual(
+            identity_of(StringTransport(peerAddress=LOCAL6)), PeerIdentity(address="::1")
+        )
+        self.assertEqual(identity_of(StringTransport(peerAddress=UNIX)), PeerIdentity(unix=True))
+        self.assertEqual(identity_of(object()), PeerIdentity())
+        self.assertEqual(identity_of(None, LOCAL), PeerIdentity(address="127.0.0.1"))
+
+    def test_certificate(self) -> None:
+        """
+        A TLS transport gives the client's certificate and the chain it
+        sent, as DER.
+        """
+        _pki.require_tls()
+        from OpenSSL import crypto
+
+        pki = _pki.make_pki(Path(self.mktemp()))
+
+        def x509(identity: _pki.Identity) -> Any:
+            return crypto.load_certificate(crypto.FILETYPE_ASN1, identity.der)
+
+        transport = _FakeTLSTransport(REMOTE, x509(pki.carol), [x509(pki.intermediate)])
+        self.assertEqual(
+            identity_of(transport),
+            PeerIdentity(
+                address="192.0.2.7", certificate=pki.carol.der, chain=(pki.intermediate.der,)
+            ),
+        )
+        self.assertEqual(
+            identity_of(_FakeTLSTransport(REMOTE, x509(pki.alice), None)),
+            PeerIdentity(address="192.0.2.7", certificate=pki.alice.der),
+        )
+        self.assertEqual(
+            identity_of(_FakeTLSTransport(REMOTE, None, None)), PeerIdentity(address="192.0.2.7")
+        )
+
+    def test_peers(self) -> None:
+        """
+        An L{IIdentifiedPeer} says who it is; other peers are nobody.
+        """
+
+        @implementer(IIdentifiedPeer)
+        class Known:
+            def identity(self) -> PeerIdentity:
+                return PeerIdentity(unix=True)
+
+        self.assertEqual(identity_of_peer(Known()), PeerIdentity(unix=True))
+        self.assertEqual(identity_of_peer(RecordingPeer()), PeerIdentity())
+
+
+class SettingsTests(SynchronousTestCase):
+    """
+    L{Settings.admin_allow}.
+    """
+
+    def test_values(self) -> None:
+        """
+        It takes rule strings, one string, or an L{AccessRules}; none by
+        default.
+        """
+        self.assertEqual(Settings().admin_allow, AccessRules())
+        self.assertEqual(Settings(admin_allow=["unix", "::1"]).admin_allow.rules, ("unix", "::1"))
+        self.assertEqual(Settings(admin_allow="unix").admin_allow.rules, ("unix",))
+        rules = AccessRules("unix")
+        self.assertIs(Settings(admin_allow=rules).admin_allow, rules)
+        self.assertIs(attrs.evolve(Settings(admin_allow=rules), wakeup=1).admin_allow, rules)
+
+    def test_bad(self) -> None:
+        """
+        A bad rule is a L{SettingsError} for C{admin_allow}.
+        """
+        with self.assertRaises(SettingsError) as raised:
+            Settings(admin_allow=["unix", "nowhere"])
+        self.assertEqual(raised.exception.setting, "admin_allow")
+        self.assertIn("nowhere: not an address", raised.exception.reason)
