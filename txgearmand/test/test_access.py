@@ -9,11 +9,14 @@ and TLS, with Python's C{gear} as the TLS client.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import attrs
+from twisted.internet.address import IPv6Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -28,7 +31,7 @@ from txgearmand.access import (
 )
 from txgearmand.settings import Settings, SettingsError
 from txgearmand.test import _pki
-from txgearmand.test.helpers import LOCAL, LOCAL6, REMOTE, UNIX
+from txgearmand.test.helpers import LOCAL, LOCAL6, REMOTE, UNIX, ServerTestMixin
 from txgearmand.testing import RecordingPeer
 
 try:
@@ -333,6 +336,27 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(identity_of_peer(Known()), PeerIdentity(unix=True))
         self.assertEqual(identity_of_peer(RecordingPeer()), PeerIdentity())
 
+    def test_in_process(self) -> None:
+        """
+        In-process connections (a socketpair of the server's own) are
+        C{unix} peers.
+        """
+        from twisted.internet import reactor
+
+        from txgearmand.protocol import GearmanProtocol
+        from txgearmand.server import JobServer
+
+        server = JobServer(reactor, job_handle_prefix=b"H:t")
+        server.startService()
+        self.addCleanup(server.stopService)
+        sock = server.to_inprocess_server()
+        self.addCleanup(sock.close)
+        (participant,) = server.clients()
+        peer = participant.peer
+        assert isinstance(peer, GearmanProtocol)
+        self.assertEqual(peer.identity(), PeerIdentity(unix=True))
+        peer.close()
+
 
 class SettingsTests(SynchronousTestCase):
     """
@@ -359,3 +383,198 @@ class SettingsTests(SynchronousTestCase):
             Settings(admin_allow=["unix", "nowhere"])
         self.assertEqual(raised.exception.setting, "admin_allow")
         self.assertIn("nowhere: not an address", raised.exception.reason)
+
+
+# -- the admin commands ---------------------------------------------------------
+
+
+class _LogCapture:
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        test.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def refusals(self) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e.get("log_namespace") == "txgearmand.admin"
+            and "Refused admin command" in str(e.get("log_format"))
+        ]
+
+
+#: A mutating command, a harmless argument, and its reply when allowed.
+MUTATING = [
+    (b"cancel job H:test:404", b"cancel+job", b"ERR UNKNOWN_JOB\r\n"),
+    (b"cancel", b"cancel+job", b"ERR UNKNOWN_COMMAND Unknown+server+commandcancel\r\n"),
+    (b"maxqueue fa 3", b"maxqueue", b"OK\r\n"),
+    (b"maxqueue fa", b"maxqueue", b"OK\r\n"),
+    (b"create function made", b"create+function", b"OK\r\n"),
+    (b"drop function nothing", b"drop+function", b"ERR function not found\r\n"),
+    (b"verbose DEBUG", b"verbose", b"OK INFO\n"),
+]
+
+#: Read-only commands (and the read-only forms of maxqueue and verbose).
+READ_ONLY = [
+    b"status",
+    b"prioritystatus",
+    b"workers",
+    b"version",
+    b"getpid",
+    b"show jobs",
+    b"show unique jobs",
+    b"jobs",
+    b"clients",
+    b"limits",
+    b"maxqueue",
+    b"verbose",
+    b"bogus",
+]
+
+
+class AdminAccessTests(ServerTestMixin, SynchronousTestCase):
+    """
+    The admin commands under C{admin_allow} rules, over in-memory
+    connections from various addresses.
+    """
+
+    def reply(self, peer: Any, line: bytes) -> bytes:
+        return self.connect(peer).admin(line)
+
+    def test_default_open(self) -> None:
+        """
+        Without rules every mutating command is open to anyone (the
+        replies are those of C{test_admin}).
+        """
+        self.make_server()
+        for line, _, answer in MUTATING:
+            self.assertEqual(self.reply(REMOTE, line), answer, line)
+
+    def test_refused(self) -> None:
+        """
+        With rules, a peer none matches gets C{ERR PERMISSION_DENIED}
+        naming the command, for every mutating command, whatever its
+        arguments; nothing changes; it is logged at INFO with the peer and
+        the command.
+        """
+        log = _LogCapture(self)
+        self.make_server(admin_allow=["127.0.0.0/8"])
+        self.server.set_max_queue(b"fa", 7)
+        for line, what, _ in MUTATING:
+            self.assertEqual(self.reply(REMOTE, line), DENIED % what, line)
+        self.assertEqual(self.server.registry.limits(b"fa"), (7, 7, 7))
+        self.assertNotIn(b"made", self.reply(LOCAL, b"status"))
+        refusals = log.refusals()
+        self.assertEqual(len(refusals), len(MUTATING))
+        self.assertEqual(refusals[0]["log_level"], LogLevel.info)
+        text = formatEvent(refusals[0])
+        self.assertRegex(
+            text,
+            r"^Refused admin command cancel job H:test:404 from 192\.0\.2\.7:\d+: "
+            r"no --admin-allow rule allows it$",
+        )
+
+    def test_allowed(self) -> None:
+        """
+        A peer a rule matches gets the replies it gets without rules.
+        """
+        self.make_server(admin_allow=["192.0.2.0/24"])
+        for line, _, answer in MUTATING:
+            self.assertEqual(self.reply(REMOTE, line), answer, line)
+
+    def test_read_only(self) -> None:
+        """
+        The read-only commands answer any peer as without rules.
+        """
+        self.make_server()
+        open_replies = [self.reply(REMOTE, line) for line in READ_ONLY]
+        self.make_server(admin_allow=["unix"])
+        for line, expected in zip(READ_ONLY, open_replies):
+            got = self.reply(REMOTE, line)
+            if line in (b"workers", b"clients", b"getpid", b"limits"):
+                self.assertFalse(got.startswith(b"ERR"), line)
+            else:
+                self.assertEqual(got, expected, line)
+
+    def test_peer_kinds(self) -> None:
+        """
+        Each kind of connection is judged by what it is: IPv4, IPv6, UNIX.
+        """
+        self.make_server(admin_allow=["::1", "unix"])
+        self.assertEqual(self.reply(LOCAL6, b"cancel job H:x"), b"ERR UNKNOWN_JOB\r\n")
+        self.assertEqual(self.reply(UNIX, b"cancel job H:x"), b"ERR UNKNOWN_JOB\r\n")
+        self.assertEqual(self.reply(LOCAL, b"cancel job H:x"), DENIED % b"cancel+job")
+        mapped = IPv6Address("TCP", "::ffff:127.0.0.1", 5000)
+        self.assertEqual(self.reply(mapped, b"cancel job H:x"), DENIED % b"cancel+job")
+        self.make_server(admin_allow=["127.0.0.1"])
+        self.assertEqual(self.reply(mapped, b"cancel job H:x"), b"ERR UNKNOWN_JOB\r\n")
+
+    def test_unidentified_peer(self) -> None:
+        """
+        A peer that cannot say who it is (not an L{IIdentifiedPeer}) is
+        refused when there are rules, allowed when there are none.
+        """
+        from txgearmand import admin
+
+        self.make_server(admin_allow=["0.0.0.0/0", "::/0", "unix"])
+        self.assertEqual(
+            admin.reply(self.server, RecordingPeer(), b"drop function f"), DENIED % b"drop+function"
+        )
+        self.make_server()
+        self.assertEqual(
+            admin.reply(self.server, RecordingPeer(), b"drop function f"),
+            b"ERR function not found\r\n",
+        )
+
+
+class ShutdownTests(ServerTestMixin, SynchronousTestCase):
+    """
+    How C{admin_allow} and C{admin_shutdown} combine for C{shutdown}: both
+    must let it through.
+    """
+
+    LOCAL_ONLY = b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+local+connections\r\n"
+    UNKNOWN = b"ERR UNKNOWN_COMMAND Unknown+server+commandshutdown\r\n"
+
+    def shutdown(self, peer: Any, policy: str, rules: Sequence[str]) -> bytes:
+        self.make_server(admin_shutdown=policy, admin_allow=list(rules))
+        shutdowns: list[bool] = []
+        self.server.on_shutdown = lambda: shutdowns.append(True)
+        reply = self.connect(peer).admin(b"shutdown")
+        self.assertEqual(bool(shutdowns), reply == b"OK\n", (peer, policy, rules))
+        return reply
+
+    def test_matrix(self) -> None:
+        """
+        Without rules, C{admin_shutdown} alone decides (as before); with
+        rules, a peer needs a rule, and C{local} still keeps it to local
+        peers; C{never} is an unknown command either way.
+        """
+        denied = DENIED % b"shutdown"
+        cases = [
+            (LOCAL, "local", [], b"OK\n"),
+            (REMOTE, "local", [], self.LOCAL_ONLY),
+            (REMOTE, "any", [], b"OK\n"),
+            (LOCAL, "never", [], self.UNKNOWN),
+            (LOCAL, "local", ["127.0.0.1"], b"OK\n"),
+            (LOCAL, "local", ["unix"], denied),
+            (UNIX, "local", ["unix"], b"OK\n"),
+            (REMOTE, "local", ["192.0.2.7"], self.LOCAL_ONLY),
+            (REMOTE, "any", ["192.0.2.7"], b"OK\n"),
+            (REMOTE, "any", ["unix"], denied),
+            (LOCAL, "any", ["unix"], denied),
+            (LOCAL, "never", ["127.0.0.1"], self.UNKNOWN),
+            (REMOTE, "never", ["unix"], self.UNKNOWN),
+        ]
+        for peer, policy, rules, expected in cases:
+            self.assertEqual(self.shutdown(peer, policy, rules), expected, (peer, policy, rules))
+
+    def test_local_refusal_logged(self) -> None:
+        """
+        A C{shutdown} refused for not being local is logged too.
+        """
+        log = _LogCapture(self)
+        self.shutdown(REMOTE, "local", [])
+        (event,) = log.refusals()
+        self.assertIn("only accepted from local connections", formatEvent(event))
