@@ -9,6 +9,8 @@ and TLS, with Python's C{gear} as the TLS client.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, cast
@@ -17,9 +19,11 @@ import attrs
 from twisted.internet.address import IPv6Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from txgearmand import clientcerts, tap
 from txgearmand.access import (
     AccessRuleError,
     AccessRules,
@@ -30,7 +34,7 @@ from txgearmand.access import (
     parse_fingerprint,
 )
 from txgearmand.settings import Settings, SettingsError
-from txgearmand.test import _pki
+from txgearmand.test import _pki, _process
 from txgearmand.test.helpers import LOCAL, LOCAL6, REMOTE, UNIX, ServerTestMixin
 from txgearmand.testing import RecordingPeer
 
@@ -578,3 +582,240 @@ class ShutdownTests(ServerTestMixin, SynchronousTestCase):
         self.shutdown(REMOTE, "local", [])
         (event,) = log.refusals()
         self.assertIn("only accepted from local connections", formatEvent(event))
+
+
+# -- client certificates on ssl: ports ------------------------------------------
+
+
+class DescriptionTests(SynchronousTestCase):
+    """
+    L{clientcerts.split_description}: our parameters out of an C{ssl:}
+    description.
+    """
+
+    def test_none(self) -> None:
+        """
+        A description without them is left as it is.
+        """
+        for description in ["tcp:4730", "ssl:4730:privateKey=k.pem", "unix:/a\\:b", "4730"]:
+            self.assertEqual(clientcerts.split_description(description), (description, None))
+
+    def test_split(self) -> None:
+        """
+        C{clientCA=} alone requires a certificate; C{clientCert=} says how
+        much; escaped colons stay in values; C{clientCert=none} asks
+        nothing.
+        """
+        want = clientcerts.ClientCertificates
+        cases = {
+            "ssl:4730:privateKey=k.pem:clientCA=ca.pem": (
+                "ssl:4730:privateKey=k.pem",
+                want("required", "ca.pem"),
+            ),
+            "ssl:4730:clientCA=C\\:\\\\ca.pem:privateKey=k.pem:clientCert=optional": (
+                "ssl:4730:privateKey=k.pem",
+                want("optional", "C:\\ca.pem"),
+            ),
+            "ssl:4730:clientCert=required:certKey=a\\:b.pem": (
+                "ssl:4730:certKey=a\\:b.pem",
+                want("required"),
+            ),
+            "ssl:4730:clientCert=optional": ("ssl:4730", want("optional")),
+            "ssl:4730:clientCert=none": ("ssl:4730", None),
+        }
+        for description, expected in cases.items():
+            self.assertEqual(clientcerts.split_description(description), expected, description)
+
+    def test_errors(self) -> None:
+        """
+        Our parameters elsewhere than on C{ssl:}, twice, or with bad
+        values are refused.
+        """
+        cases = {
+            "tcp:4730:clientCA=ca.pem": "only for ssl: endpoints",
+            "tls:/certs:clientCert=optional": "only for ssl: endpoints",
+            "ssl:4730:clientCA=a.pem:clientCA=b.pem": "clientCA= is given twice",
+            "ssl:4730:clientCert=maybe": "clientCert= must be one of required, optional, none",
+            "ssl:4730:clientCA=": "clientCA= needs the path",
+            "ssl:4730:clientCA=ca.pem:clientCert=none": "clientCert=none does not",
+        }
+        for description, message in cases.items():
+            with self.assertRaises(ValueError) as raised:
+                clientcerts.split_description(description)
+            self.assertIn(message, str(raised.exception), description)
+
+
+class EndpointTests(SynchronousTestCase):
+    """
+    L{clientcerts.server_from_string} and the TLS connections it makes.
+    """
+
+    def setUp(self) -> None:
+        self.pki = _pki.make_pki(Path(self.mktemp()))
+        self.base = (
+            f"ssl:0:interface=127.0.0.1:privateKey={self.pki.server.key}"
+            f":certKey={self.pki.server.cert}"
+        )
+
+    def test_plain(self) -> None:
+        """
+        Without our parameters it is Twisted's own endpoint.
+        """
+        from twisted.internet import endpoints
+
+        endpoint = clientcerts.server_from_string(None, self.base)
+        self.assertIsInstance(endpoint, endpoints.SSL4ServerEndpoint)
+        self.assertNotIsInstance(
+            endpoint._sslContextFactory,  # type: ignore[attr-defined]
+            clientcerts._AskingForClientCertificates,
+        )
+
+    def test_modes(self) -> None:
+        """
+        The connections it makes ask for a client certificate, require it
+        with C{required}, and trust the C{clientCA=} file (named in the
+        request).
+        """
+        from OpenSSL import SSL
+
+        cases = [
+            (f":clientCA={self.pki.ca.cert}", True, True),
+            (f":clientCA={self.pki.ca.cert}:clientCert=optional", False, True),
+            (":clientCert=required", True, False),
+            (":clientCert=optional", False, False),
+        ]
+        for extra, required, named in cases:
+            endpoint = clientcerts.server_from_string(None, self.base + extra)
+            creator = endpoint._sslContextFactory  # type: ignore[attr-defined]
+            connection = creator.serverConnectionForTLS(None)
+            again = creator.serverConnectionForTLS(None)
+            context = connection.get_context()
+            self.assertIs(again.get_context(), context)
+            mode = context.get_verify_mode()
+            self.assertTrue(mode & SSL.VERIFY_PEER, extra)
+            self.assertEqual(bool(mode & SSL.VERIFY_FAIL_IF_NO_PEER_CERT), required, extra)
+            names = [n.CN for n in connection.get_client_ca_list()]
+            self.assertEqual(names, ["ca"] if named else [], extra)
+            self.assertEqual(endpoint._port, 0)  # type: ignore[attr-defined]
+            self.assertEqual(endpoint._interface, "127.0.0.1")  # type: ignore[attr-defined]
+        # (Twisted's own TLS settings pass pyOpenSSL objects that newer
+        # pyOpenSSL calls deprecated; not ours to change.)
+        self.flushWarnings()
+
+    def test_bad_ca_file(self) -> None:
+        """
+        A C{clientCA=} file that is missing or holds no certificate is a
+        C{ValueError} naming it.
+        """
+        empty = self.pki.directory / "empty.pem"
+        empty.write_text("")
+        for path, message in [
+            ("/nonexistent/ca.pem", "cannot read it"),
+            (str(empty), "no PEM certificate in it"),
+            (str(self.pki.ca.key), "no PEM certificate in it"),
+        ]:
+            with self.assertRaises(ValueError) as raised:
+                clientcerts.server_from_string(None, f"{self.base}:clientCA={path}")
+            self.assertIn(f"clientCA={path}: {message}", str(raised.exception))
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    C{--admin-allow} on the command line.
+    """
+
+    def options(self, *argv: str) -> tap.GearmandOptions:
+        options = tap.GearmandOptions()
+        options.parseOptions(["--queue=memory", *argv])
+        return options
+
+    def test_default(self) -> None:
+        """
+        No rule by default.
+        """
+        self.assertEqual(self.options()["settings"].admin_allow, AccessRules())
+
+    def test_repeated(self) -> None:
+        """
+        Each C{--admin-allow} adds a rule, in order.
+        """
+        settings = self.options(
+            "--admin-allow", "10.0.0.0/8", "--admin-allow=unix", "--admin-allow", "::1"
+        )["settings"]
+        self.assertEqual(settings.admin_allow.rules, ("10.0.0.0/8", "unix", "::1"))
+
+    def test_bad(self) -> None:
+        """
+        A bad rule is a usage error naming C{--admin-allow} and the rule.
+        """
+        with self.assertRaises(usage.UsageError) as raised:
+            self.options("--admin-allow=unix", "--admin-allow=10.0.0.1/8")
+        self.assertTrue(str(raised.exception).startswith("--admin-allow 10.0.0.1/8: "))
+
+    def test_bad_client_ca(self) -> None:
+        """
+        A port whose C{clientCA=} cannot be read is a usage error naming
+        the port.
+        """
+        pki = _pki.make_pki(Path(self.mktemp()))
+        port = (
+            f"ssl:0:privateKey={pki.server.key}:certKey={pki.server.cert}"
+            ":clientCA=/nonexistent/ca.pem"
+        )
+        with self.assertRaises(usage.UsageError) as raised:
+            self.options(f"--port={port}")
+        self.assertIn(f"--port {port}: clientCA=/nonexistent/ca.pem", str(raised.exception))
+
+    def test_help(self) -> None:
+        """
+        C{--help} shows the option on one paragraph.
+        """
+        text = str(tap.GearmandOptions())
+        self.assertIn("--admin-allow=", text)
+        self.assertIn("cert:SHA256-FINGERPRINT", text)
+
+
+class StartFailureTests(SynchronousTestCase):
+    """
+    A bad rule or client CA, as an operator meets it: one line, exit 1.
+    """
+
+    def twistd(self, *gearmand: str) -> str:
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir(parents=True)
+        result = subprocess.run(
+            [sys.executable, "-c", _process._TWISTD, "-n", "--pidfile=", "gearmand", *gearmand],
+            cwd=workdir,
+            env=_process.environment(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        output = (result.stdout + result.stderr).decode()
+        self.assertEqual(result.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(len(output.strip().splitlines()), 1, output)
+        self.assertEqual(list(workdir.iterdir()), [])
+        return output
+
+    def test_bad_rules(self) -> None:
+        """
+        Each bad rule stops the start with one line naming
+        C{--admin-allow} and the rule.
+        """
+        for rule in ["10.1.0.0/8", "cert:1234", "ca:/nonexistent/ca.pem", "host.example.com"]:
+            output = self.twistd("--admin-allow", "unix", "--admin-allow", rule)
+            self.assertTrue(output.startswith(f"twistd gearmand: --admin-allow {rule}: "), output)
+
+    def test_bad_client_ca(self) -> None:
+        """
+        So does an C{ssl:} port whose C{clientCA=} cannot be read, naming
+        the port.
+        """
+        pki = _pki.make_pki(Path(self.mktemp()).resolve())
+        port = (
+            f"ssl:{_process.free_port()}:interface=127.0.0.1:privateKey={pki.server.key}"
+            f":certKey={pki.server.cert}:clientCA={pki.server.key}"
+        )
+        output = self.twistd(f"--port={port}")
+        self.assertIn(f"--port {port}: clientCA={pki.server.key}: no PEM certificate", output)

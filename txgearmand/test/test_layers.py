@@ -60,6 +60,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand._host": LEAVES,
     "txgearmand.jsonlog": LEAVES,
     "txgearmand.endpoints": LEAVES,
+    "txgearmand.clientcerts": LEAVES,
     # (txgearmand.store and txgearmand.store.*: see STORE_PACKAGE.)
     # 1: the model.
     "txgearmand.records": MODEL,
