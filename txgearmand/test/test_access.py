@@ -9,8 +9,15 @@ and TLS, with Python's C{gear} as the TLS client.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, cast
@@ -20,7 +27,7 @@ from twisted.internet.address import IPv6Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 
 from txgearmand import clientcerts, tap
@@ -819,3 +826,370 @@ class StartFailureTests(SynchronousTestCase):
         )
         output = self.twistd(f"--port={port}")
         self.assertIn(f"--port {port}: clientCA={pki.server.key}: no PEM certificate", output)
+
+
+# -- end to end: a twistd gearmand process ------------------------------------
+
+
+def _read_reply(sock: socket.socket, line: bytes) -> bytes:
+    """
+    Send an admin line; read its reply (one OK/ERR line, or up to C{.}).
+    """
+    sock.sendall(line + b"\r\n")
+    data = b""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if data.endswith(b"\n") and (
+            data.startswith((b"OK", b"ERR")) or data == b".\n" or data.endswith(b"\n.\n")
+        ):
+            break
+    return data
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class _ProcessMixin:
+    """
+    A C{twistd gearmand} for a test, with more ports than its TCP one.
+    """
+
+    def start_server(self, *options: str) -> _process.Server:
+        test = cast(SynchronousTestCase, self)
+        self.workdir = Path(test.mktemp()).resolve()
+        self.workdir.mkdir(parents=True)
+        server = _process.twistd_gearmand(self.workdir, "--queue=memory", *options)
+        server.start()
+        test.addCleanup(server.stop)
+        return server
+
+    def connect(self, family: int, address: Any) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT)
+        cast(SynchronousTestCase, self).addCleanup(sock.close)
+        sock.connect(address)
+        return sock
+
+    def refused_lines(self, server: _process.Server) -> list[str]:
+        return [line for line in server.log().splitlines() if "Refused admin command" in line]
+
+
+class TCPAndUNIXTests(_ProcessMixin, SynchronousTestCase):
+    """
+    C{--admin-allow} rules against a real server, over TCP on 127.0.0.1
+    and ::1 (and IPv4 through an IPv6 socket), and a UNIX socket.
+    """
+
+    def ports(self) -> tuple[list[str], dict[str, tuple[int, Any]]]:
+        """
+        Extra ports: ::1 and ::ffff:127.0.0.1 (if this host has IPv6) and
+        a UNIX socket; how to reach each.
+        """
+        # A short directory: a UNIX socket's path has at most 107 bytes.
+        base = tempfile.mkdtemp(prefix="txg-access-")
+        cast(SynchronousTestCase, self).addCleanup(shutil.rmtree, base, True)
+        path = os.path.join(base, "g.sock")
+        options = [f"--port=unix:{path}"]
+        where: dict[str, tuple[int, Any]] = {"unix": (socket.AF_UNIX, path)}
+        if _ipv6_loopback():
+            v6, mapped = _process.free_port(), _process.free_port()
+            options += [
+                f"--port=tcp6:{v6}:interface=\\:\\:1",
+                f"--port=tcp6:{mapped}:interface=\\:\\:ffff\\:127.0.0.1",
+            ]
+            where["::1"] = (socket.AF_INET6, ("::1", v6))
+            where["mapped"] = (socket.AF_INET, ("127.0.0.1", mapped))
+        return options, where
+
+    def outcomes(
+        self, server: _process.Server, where: dict[str, tuple[int, Any]]
+    ) -> dict[str, bytes]:
+        out = {
+            "127.0.0.1": _read_reply(
+                self.connect(socket.AF_INET, ("127.0.0.1", server.port)), b"cancel job H:none:1"
+            )
+        }
+        for name, (family, address) in where.items():
+            out[name] = _read_reply(self.connect(family, address), b"cancel job H:none:1")
+        return out
+
+    def test_ipv4_rule(self) -> None:
+        """
+        C{127.0.0.0/8}: 127.0.0.1 may, also through an IPv6 socket; ::1
+        and the UNIX socket may not, but they may read.
+        """
+        options, where = self.ports()
+        server = self.start_server(*options, "--admin-allow=127.0.0.0/8")
+        got = self.outcomes(server, where)
+        allowed = b"ERR UNKNOWN_JOB\r\n"
+        refused = DENIED % b"cancel+job"
+        expected = {"127.0.0.1": allowed, "unix": refused}
+        if "::1" in where:
+            expected.update({"::1": refused, "mapped": allowed})
+        self.assertEqual(got, expected)
+        family, address = where["unix"]
+        self.assertEqual(_read_reply(self.connect(family, address), b"status"), b".\n")
+        self.assertEqual(len(self.refused_lines(server)), sum(v == refused for v in got.values()))
+        self.assertIn("Refused admin command cancel job H:none:1 from unix:", server.log())
+
+    def test_ipv6_and_unix_rules(self) -> None:
+        """
+        C{::1} and C{unix}: those may, 127.0.0.1 may not; and C{shutdown}
+        (local by C{--admin-shutdown}) from 127.0.0.1 is refused by the
+        rules, from the UNIX socket it is done.
+        """
+        if not _ipv6_loopback():
+            raise SkipTest("this host has no IPv6 loopback (::1)")
+        options, where = self.ports()
+        server = self.start_server(*options, "--admin-allow", "::1", "--admin-allow", "unix")
+        got = self.outcomes(server, where)
+        allowed = b"ERR UNKNOWN_JOB\r\n"
+        refused = DENIED % b"cancel+job"
+        self.assertEqual(
+            got, {"127.0.0.1": refused, "mapped": refused, "::1": allowed, "unix": allowed}
+        )
+        tcp = self.connect(socket.AF_INET, ("127.0.0.1", server.port))
+        self.assertEqual(_read_reply(tcp, b"shutdown"), DENIED % b"shutdown")
+        family, address = where["unix"]
+        self.assertEqual(_read_reply(self.connect(family, address), b"shutdown"), b"OK\n")
+        self.assertEqual(server.wait(TIMEOUT), 0)
+
+    def test_no_rules(self) -> None:
+        """
+        Without rules, every peer may, as before.
+        """
+        options, where = self.ports()
+        server = self.start_server(*options)
+        got = self.outcomes(server, where)
+        self.assertEqual(set(got.values()), {b"ERR UNKNOWN_JOB\r\n"}, got)
+        self.assertEqual(self.refused_lines(server), [])
+
+
+class _TLSMixin(_ProcessMixin):
+    """
+    A server with an C{ssl:} port, and TLS clients for it.
+
+    @ivar ca_file: the CA clients trust for the server's certificate.
+    @ivar tls_port: the C{ssl:} port.
+    """
+
+    ca_file: Path
+    tls_port: int
+
+    def make_pki(self) -> _pki.PKI:
+        """
+        Certificates for this test (C{self.pki}), and a port for TLS.
+        """
+        self.pki = _pki.make_pki(Path(cast(SynchronousTestCase, self).mktemp()).resolve())
+        self.ca_file = self.pki.ca.cert
+        self.tls_port = _process.free_port()
+        return self.pki
+
+    def ssl_port(self, extra: str) -> str:
+        """
+        The C{--port} option of an C{ssl:} port with the server's
+        certificate, and C{extra} parameters.
+        """
+        return (
+            f"--port=ssl:{self.tls_port}:interface=127.0.0.1:privateKey={self.pki.server.key}"
+            f":certKey={self.pki.server.cert}{extra}"
+        )
+
+    def chain_file(self, identity: _pki.Identity, *more: _pki.Identity) -> Path:
+        """
+        A PEM file with a certificate and the intermediates it needs.
+        """
+        path = self.pki.directory / f"{identity.cert.stem}-chain.pem"
+        path.write_bytes(b"".join(i.cert.read_bytes() for i in (identity, *more)))
+        return path
+
+    def tls(self, who: Optional[_pki.Identity], cert_file: Optional[Path] = None) -> ssl.SSLSocket:
+        """
+        A TLS connection that checks the server's certificate, with a client
+        certificate or without.
+        """
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(str(self.ca_file))
+        if who is not None:
+            context.load_cert_chain(str(cert_file or who.cert), str(who.key))
+        sock = self.connect(socket.AF_INET, ("127.0.0.1", self.tls_port))
+        tls = context.wrap_socket(sock, server_hostname="127.0.0.1")
+        cast(SynchronousTestCase, self).addCleanup(tls.close)
+        return tls
+
+    def admin(
+        self, who: Optional[_pki.Identity], line: bytes, cert_file: Optional[Path] = None
+    ) -> bytes:
+        return _read_reply(self.tls(who, cert_file), line)
+
+    def turned_away(self, who: Optional[_pki.Identity]) -> bool:
+        """
+        Whether a TLS client is refused: the handshake fails, or (TLS 1.3)
+        the connection ends, unanswered, at its first request.
+        """
+        try:
+            tls = self.tls(who)
+            return _read_reply(tls, b"version") == b""
+        except (ssl.SSLError, ConnectionError):
+            return True
+
+    def gear_round_trip(self, who: _pki.Identity) -> str:
+        """
+        A C{gear} worker and client over TLS with C{who}'s certificate: the
+        result of a job.
+        """
+        if gear is None:
+            raise SkipTest("the gear package is not installed (pip install gear)")
+        test = cast(SynchronousTestCase, self)
+        files = dict(ssl_key=str(who.key), ssl_cert=str(who.cert), ssl_ca=str(self.ca_file))
+        worker = gear.Worker("tls-worker")
+        test.addCleanup(worker.shutdown)
+        worker.addServer("127.0.0.1", self.tls_port, **files)
+        worker.waitForServer(timeout=TIMEOUT)
+        worker.registerFunction("reverse")
+
+        def work() -> None:
+            try:
+                job = worker.getJob()
+            except gear.InterruptedError:
+                return
+            job.sendWorkComplete(job.arguments[::-1])
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        client = gear.Client("tls-client")
+        test.addCleanup(client.shutdown)
+        client.addServer("127.0.0.1", self.tls_port, **files)
+        client.waitForServer(timeout=TIMEOUT)
+        job = gear.TextJob("reverse", "stressed")
+        client.submitJob(job, timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while not job.complete and time.monotonic() < deadline:
+            time.sleep(0.02)
+        thread.join(TIMEOUT)
+        test.assertTrue(job.complete, "the job did not complete over TLS")
+        return "".join(job.data)
+
+    def gear_refused(self, who: _pki.Identity) -> bool:
+        """
+        Whether a C{gear} client with C{who}'s certificate cannot connect.
+        """
+        if gear is None:
+            raise SkipTest("the gear package is not installed (pip install gear)")
+        client = gear.Client("tls-stranger")
+        cast(SynchronousTestCase, self).addCleanup(client.shutdown)
+        client.addServer(
+            "127.0.0.1",
+            self.tls_port,
+            ssl_key=str(who.key),
+            ssl_cert=str(who.cert),
+            ssl_ca=str(self.ca_file),
+        )
+        try:
+            client.waitForServer(timeout=3)
+        except gear.TimeoutError:
+            return True
+        return False
+
+
+class RequiredClientCertificateTests(_TLSMixin, SynchronousTestCase):
+    """
+    An C{ssl:} port with C{clientCA=}: only clients with a certificate
+    from that CA are served; C{cert:} rules pick who may change the
+    server.
+    """
+
+    def setUp(self) -> None:
+        pki = self.make_pki()
+        self.server = self.start_server(
+            self.ssl_port(f":clientCA={pki.ca.cert}"),
+            f"--admin-allow=cert:{pki.alice.colons()}",
+            f"--admin-allow=cert:sha256:{pki.carol.fingerprint}",
+        )
+
+    def test_round_trip(self) -> None:
+        """
+        A C{gear} client and worker with certificates from the CA: a job
+        goes round.
+        """
+        self.assertEqual(self.gear_round_trip(self.pki.alice), "desserts")
+
+    def test_missing_certificate(self) -> None:
+        """
+        A client without a certificate is refused at the handshake, and so
+        are certificates from another CA or self-signed (by Python's TLS
+        and by C{gear}).
+        """
+        self.assertTrue(self.turned_away(None))
+        self.assertTrue(self.turned_away(self.pki.mallory))
+        self.assertTrue(self.turned_away(self.pki.selfsigned))
+        self.assertTrue(self.gear_refused(self.pki.mallory))
+        self.assertFalse(self.turned_away(self.pki.bob))
+
+    def test_fingerprint_rules(self) -> None:
+        """
+        Alice's fingerprint is in the rules: she may cancel; Bob's is not:
+        he is refused, and may still read. Carol (from an intermediate CA
+        she sends) is in the rules too. The TCP port, without a
+        certificate, is refused.
+        """
+        self.assertEqual(self.admin(self.pki.alice, b"cancel job H:none:1"), b"ERR UNKNOWN_JOB\r\n")
+        self.assertEqual(self.admin(self.pki.bob, b"cancel job H:none:1"), DENIED % b"cancel+job")
+        self.assertEqual(self.admin(self.pki.bob, b"status"), b".\n")
+        carol = self.chain_file(self.pki.carol, self.pki.intermediate)
+        self.assertEqual(
+            self.admin(self.pki.carol, b"drop function x", carol), b"ERR function not found\r\n"
+        )
+        tcp = self.connect(socket.AF_INET, ("127.0.0.1", self.server.port))
+        self.assertEqual(_read_reply(tcp, b"drop function x"), DENIED % b"drop+function")
+        self.assertEqual(len(self.refused_lines(self.server)), 2)
+
+
+class OptionalClientCertificateTests(_TLSMixin, SynchronousTestCase):
+    """
+    An C{ssl:} port with C{clientCert=optional} and no CA: everyone is
+    served; C{ca:} and C{cert:} rules say who may change the server.
+    """
+
+    def setUp(self) -> None:
+        pki = self.make_pki()
+        self.server = self.start_server(
+            self.ssl_port(":clientCert=optional"),
+            f"--admin-allow=ca:{pki.ca.cert}",
+            f"--admin-allow=cert:{pki.selfsigned.fingerprint.upper()}",
+        )
+
+    def test_who(self) -> None:
+        """
+        Without a certificate a client is served but may not change the
+        server; with one from the CA (directly or through an intermediate
+        it sends) or the self-signed one in the rules it may; another CA's
+        may not.
+        """
+        allowed = b"OK\r\n"
+        refused = DENIED % b"maxqueue"
+        self.assertEqual(self.admin(None, b"version")[:3], b"OK ")
+        self.assertEqual(self.admin(None, b"maxqueue f 1"), refused)
+        self.assertEqual(self.admin(self.pki.alice, b"maxqueue f 1"), allowed)
+        carol = self.chain_file(self.pki.carol, self.pki.intermediate)
+        self.assertEqual(self.admin(self.pki.carol, b"maxqueue f 1", carol), allowed)
+        self.assertEqual(self.admin(self.pki.carol, b"maxqueue f 1"), refused)
+        self.assertEqual(self.admin(self.pki.selfsigned, b"maxqueue f 1"), allowed)
+        self.assertEqual(self.admin(self.pki.mallory, b"maxqueue f 1"), refused)
+
+    def test_round_trip(self) -> None:
+        """
+        A C{gear} client and worker with a self-signed certificate are
+        served.
+        """
+        self.assertEqual(self.gear_round_trip(self.pki.selfsigned), "desserts")
