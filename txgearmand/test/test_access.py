@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -18,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional, cast
 
@@ -1193,3 +1195,96 @@ class OptionalClientCertificateTests(_TLSMixin, SynchronousTestCase):
         served.
         """
         self.assertEqual(self.gear_round_trip(self.pki.selfsigned), "desserts")
+
+
+# -- the guide's TLS set-up, as written ----------------------------------------
+
+GUIDE = Path(_process.PACKAGE_ROOT) / "docs" / "guide" / "access.rst"
+
+
+class GuideTests(_TLSMixin, SynchronousTestCase):
+    """
+    docs/guide/access.rst: its C{openssl} commands make a CA and
+    certificates, and its C{twistd} command serves them: a C{gear} job
+    goes round with alice's certificate, she may change the server,
+    a certificate the CA did not sign is refused.
+    """
+
+    def test_guide(self) -> None:
+        from txgearmand.test import test_docs
+
+        if not GUIDE.exists():
+            raise SkipTest(f"{GUIDE} is not here: run the tests from a source checkout")
+        if shutil.which("openssl") is None or shutil.which("bash") is None:
+            raise SkipTest("the openssl command (and bash) are needed to make the certificates")
+        _pki.require_tls()
+        blocks = test_docs.read_blocks(GUIDE)
+        (make,) = [b for b in blocks if b.kind == "shell" and "openssl req" in b.text]
+        (run,) = [b for b in blocks if b.kind == "literal" and b.text.startswith("twistd ")]
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        made = subprocess.run(
+            ["bash", "-e", "-c", make.text],
+            cwd=directory,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertIn(b"Fingerprint=", made.stdout)
+        for name in ["ca.pem", "server.pem", "server.key", "alice.pem", "alice.key"]:
+            self.assertTrue((directory / name).exists(), name)
+        alice = _pki.load(directory / "alice.pem", directory / "alice.key")
+        stranger = _pki.make(directory, "stranger")
+        self.ca_file = directory / "ca.pem"
+        self.tls_port = _process.free_port()
+        command = run.text.strip()
+        self.assertIn(":4730:", command)
+        command = command.replace(":4730:", f":{self.tls_port}:interface=127.0.0.1:", 1)
+        python = f"{shlex.quote(sys.executable)} -c {shlex.quote(_process._TWISTD)}"
+        script = f'twistd() {{ exec {python} "$@"; }}\n'
+        script += command.replace("twistd -n ", "twistd -n --pidfile= --logfile=twistd.log ", 1)
+        process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=directory,
+            env=_process.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def stop() -> None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(_process.STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(_process.STOP_TIMEOUT)
+
+        self.addCleanup(stop)
+        log = directory / "twistd.log"
+        self.wait_for(lambda: self.answers(alice), process, log)
+        self.assertEqual(self.gear_round_trip(alice), "desserts")
+        self.assertEqual(self.admin(alice, b"cancel job H:none:1"), b"ERR UNKNOWN_JOB\r\n")
+        self.assertTrue(self.turned_away(stranger))
+        self.assertTrue(self.turned_away(None))
+
+    def answers(self, who: _pki.Identity) -> bool:
+        try:
+            return self.admin(who, b"version").startswith(b"OK ")
+        except OSError:
+            return False
+
+    def wait_for(
+        self, ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path
+    ) -> None:
+        deadline = time.monotonic() + _process.START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            if ready():
+                return
+            time.sleep(0.1)
+        text = log.read_text(errors="replace") if log.exists() else "(no log)"
+        self.fail(f"the guide's server did not answer over TLS:\n{text}")
