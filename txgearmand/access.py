@@ -300,16 +300,16 @@ def _ca_rule(path: str) -> _CARule:
     if not path:
         raise AccessRuleError("ca: needs the path of a PEM file of CA certificates")
     try:
+        with open(path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise AccessRuleError(f"ca:{path}: cannot read it: {e.strerror or e}") from None
+    try:
         from OpenSSL import crypto
     except ImportError:
         raise AccessRuleError(
             f"ca:{path}: needs pyOpenSSL (pip install 'txgearmand[tls]')"
         ) from None
-    try:
-        with open(path, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        raise AccessRuleError(f"ca:{path}: cannot read it: {e.strerror or e}") from None
     store = crypto.X509Store()
     found = 0
     for block in _PEM_CERTIFICATE.findall(pem):

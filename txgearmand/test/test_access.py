@@ -65,6 +65,13 @@ def _digest(der: bytes) -> str:
 # -- the rules, with fakes ---------------------------------------------------
 
 
+def _restore_module(name: str, module: Any) -> None:
+    if module is None:
+        sys.modules.pop(name, None)
+    else:
+        sys.modules[name] = module
+
+
 class RuleParsingTests(SynchronousTestCase):
     """
     L{AccessRules.parse}: each kind of rule, and a clear error for a bad
@@ -148,6 +155,21 @@ class RuleParsingTests(SynchronousTestCase):
         with self.assertRaises(AccessRuleError) as raised:
             AccessRules.parse([f"ca:{broken}"])
         self.assertIn("a certificate that cannot be read", str(raised.exception))
+
+    def test_ca_without_pyopenssl(self) -> None:
+        """
+        Without pyOpenSSL a C{ca:} rule is refused, saying what to install.
+        """
+        path = Path(self.mktemp())
+        path.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        for name in ("OpenSSL", "OpenSSL.crypto"):
+            self.addCleanup(_restore_module, name, sys.modules.get(name))
+            sys.modules[name] = None  # type: ignore[assignment]
+        with self.assertRaises(AccessRuleError) as raised:
+            AccessRules.parse([f"ca:{path}"])
+        self.assertEqual(
+            str(raised.exception), f"ca:{path}: needs pyOpenSSL (pip install 'txgearmand[tls]')"
+        )
 
     def test_fingerprint_spellings(self) -> None:
         """
