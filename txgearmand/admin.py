@@ -9,6 +9,12 @@ and Gearman::Server's (C{jobs}, C{clients}, C{shutdown [graceful]}), each
 answering byte for byte as the peer that has it does.  A reply is built
 whole and sent in one write: C{gearadmin} stops reading after 5 ms of
 silence.
+
+The commands that change the server (C{shutdown}, C{maxqueue} with
+arguments, C{cancel job}, C{create function}, C{drop function},
+C{verbose} with arguments) are refused with C{ERR PERMISSION_DENIED ...}
+to peers that no C{--admin-allow} rule allows, when there are rules
+(L{txgearmand.access.AccessRules}).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable
 
 from txgearmand import _log
 from txgearmand._version import __version__
+from txgearmand.access import identity_of_peer
 from txgearmand.interfaces import IPeer
 from txgearmand.job import JobState
 from txgearmand.server import JobServer
@@ -185,6 +192,7 @@ def _shutdown(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if policy == "never":
         return _err_unknown(b"shutdown")
     if policy == "local" and not peer.is_local():
+        _log_refused(peer, b"shutdown", args, "it is only accepted from local connections")
         return b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+local+connections\r\n"
     if server.on_shutdown is None:
         return b"ERR NOT_SUPPORTED this+server+has+no+shutdown+action\r\n"
@@ -230,6 +238,51 @@ COMMANDS: dict[bytes, Callable[[JobServer, IPeer, list[bytes]], bytes]] = {
 }
 
 
+# -- who may change what (--admin-allow) ----------------------------------
+
+#: The commands that change the server, as a refusal names them.
+#: C{maxqueue} and C{verbose} change it only when given arguments.
+_MUTATING = {
+    b"shutdown": b"shutdown",
+    b"maxqueue": b"maxqueue",
+    b"cancel": b"cancel+job",
+    b"create": b"create+function",
+    b"drop": b"drop+function",
+    b"verbose": b"verbose",
+}
+_WITH_ARGUMENTS_ONLY = frozenset({b"maxqueue", b"verbose"})
+
+
+def _log_refused(peer: IPeer, name: bytes, args: list[bytes], why: str) -> None:
+    log.info(
+        "Refused admin command {command} from {peer}: {why}",
+        command=b" ".join([name, *args]).decode("utf-8", "backslashreplace"),
+        peer=peer.describe(),
+        why=why,
+    )
+
+
+def _refusal(server: JobServer, peer: IPeer, name: bytes, args: list[bytes]) -> bytes | None:
+    """
+    The reply refusing a mutating command to a peer that no
+    C{--admin-allow} rule allows, or C{None} to go on.
+    """
+    rules = server.settings.admin_allow
+    what = _MUTATING.get(name)
+    if what is None or not rules.restricted:
+        return None
+    if name in _WITH_ARGUMENTS_ONLY and not args:
+        return None
+    if name == b"shutdown" and server.settings.admin_shutdown == "never":
+        return None  # An unknown command, as without rules.
+    if rules.allows(identity_of_peer(peer)):
+        return None
+    _log_refused(peer, name, args, "no --admin-allow rule allows it")
+    return b"ERR PERMISSION_DENIED %s+is+not+allowed+from+this+connection+by+--admin-allow\r\n" % (
+        what,
+    )
+
+
 def reply(server: JobServer, peer: IPeer, line: bytes) -> bytes:
     """
     The whole reply to one admin text line from C{peer}.
@@ -239,7 +292,11 @@ def reply(server: JobServer, peer: IPeer, line: bytes) -> bytes:
         return _err_unknown(b"")
     if len(words) > _MAX_WORDS:
         return b"ERR TOO_MANY_ARGS Too+many+arguments+in+one+command\r\n"
-    command = COMMANDS.get(words[0].lower())
+    name = words[0].lower()
+    command = COMMANDS.get(name)
     if command is None:
         return _err_unknown(words[0])
+    refused = _refusal(server, peer, name, words[1:])
+    if refused is not None:
+        return refused
     return command(server, peer, words[1:])

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgearmand import _direct, _log, admin, wire
+from txgearmand.access import IIdentifiedPeer, PeerIdentity, identity_of
 from txgearmand.interfaces import IPeer
 from txgearmand.job import HIGH, LOW, NORMAL, Job, JobState
 from txgearmand.records import Participant
@@ -37,7 +38,7 @@ _MAX_CLIENT_ID = 127
 _CLOSED = wire.WireError(b"CLOSED", b"The connection is closed")
 
 
-@implementer(IPushProducer, IPeer)
+@implementer(IPushProducer, IPeer, IIdentifiedPeer)
 class GearmanProtocol(Protocol):
     """
     A connection to the job server: a client, a worker, an admin console or
@@ -499,6 +500,14 @@ class GearmanProtocol(Protocol):
         if isinstance(peer, IPv6Address):
             return peer.host in ("::1", "0:0:0:0:0:0:0:1") or peer.host.startswith("::ffff:127.")
         return False
+
+    def identity(self) -> PeerIdentity:
+        """
+        Who the peer is for the C{--admin-allow} rules: its address, or a
+        UNIX socket (in-process and child connections too), and its TLS
+        client certificate if it sent one.
+        """
+        return identity_of(self.transport, self._peer)
 
     # -- errors ---------------------------------------------------------
 

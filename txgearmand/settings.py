@@ -14,6 +14,7 @@ from typing import Union
 import attrs
 
 from txgearmand import _host, _log, wire
+from txgearmand.access import AccessRuleError, AccessRules
 from txgearmand.job import MAX_HANDLE_PREFIX, default_handle_prefix
 
 __all__ = [
@@ -84,6 +85,15 @@ def _check(name: str, ok: bool, reason: str) -> None:
         raise SettingsError(name, reason)
 
 
+def _admin_allow(value: Union[AccessRules, str, Iterable[str], None]) -> AccessRules:
+    if isinstance(value, AccessRules):
+        return value
+    try:
+        return AccessRules(() if value is None else value)
+    except AccessRuleError as e:
+        raise SettingsError("admin_allow", str(e)) from None
+
+
 def _upper(value: str) -> str:
     return value.upper()
 
@@ -130,6 +140,10 @@ class Settings:
         L{TIMEOUT_UNITS}.
     @ivar admin_shutdown: who may use the admin C{shutdown} command, one of
         L{ADMIN_SHUTDOWN_POLICIES}.
+    @ivar admin_allow: who may run mutating admin commands, an
+        L{AccessRules} (or the rule strings to parse into one); with no
+        rule, everyone (and C{shutdown} as L{admin_shutdown} says).  With
+        rules, C{shutdown} needs both a rule and L{admin_shutdown}.
     @ivar verbose: the log level, a C gearmand level name.
     @ivar max_memory: the memory budget in bytes (C{0}: none): payloads of
         the jobs held, partial packets and unsent output.  Above it,
@@ -168,6 +182,7 @@ class Settings:
     exceptions: bool = False
     timeout_unit: str = "milliseconds"
     admin_shutdown: str = "local"
+    admin_allow: AccessRules = attrs.field(factory=AccessRules, converter=_admin_allow)
     verbose: str = attrs.field(default="INFO", converter=_upper)
     max_memory: int = attrs.field(factory=_default_max_memory)
     output_hard_limit: int = attrs.field(

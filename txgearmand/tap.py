@@ -10,12 +10,11 @@ import re
 from typing import Any
 
 import attrs
-from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.python import usage
 
-from txgearmand import _host, _log, store
+from txgearmand import _host, _log, clientcerts, store
 from txgearmand.httpsubmit import HTTPSubmitFactory
 from txgearmand.protocol import GearmanServerFactory
 from txgearmand.server import JobServer
@@ -59,11 +58,9 @@ def endpoint_problem(description: str) -> str | None:
     endpoint outside socket activation, TLS without pyOpenSSL or its
     files), or C{None}.
     """
-    from twisted.internet import endpoints
-
     try:
         # The parsers only keep the reactor: none is needed to check.
-        endpoint = endpoints.serverFromString(None, description)
+        endpoint = clientcerts.server_from_string(None, description)
     except (ImportError, NotImplementedError) as e:
         return f"{e} (for TLS: pip install 'txgearmand[tls]')"
     except (IndexError, KeyError) as e:
@@ -96,7 +93,7 @@ def bind_problem(description: str) -> str | None:
     from twisted.internet.error import CannotListenError
 
     try:
-        endpoint = endpoints.serverFromString(None, description)
+        endpoint = clientcerts.server_from_string(None, description)
     except Exception:
         return None  # endpoint_problem has said what is wrong.
     address = getattr(endpoint, "_address", None)
@@ -403,6 +400,17 @@ class GearmandOptions(usage.Options):
 
     opt_p = opt_port
 
+    def opt_admin_allow(self, rule: str) -> None:
+        """
+        Who may run mutating admin commands (shutdown, maxqueue with
+        arguments, cancel job, create function, drop function, verbose with
+        a value): an address or network (127.0.0.0/8, ::1), unix,
+        cert:SHA256-FINGERPRINT or ca:PATH (TLS client certificates).
+        Repeatable; with none, anyone may (shutdown: see --admin-shutdown,
+        which also applies with rules).
+        """
+        self.setdefault("admin-allow", []).append(rule)
+
     def opt_max_queue(self, value: str) -> None:
         """
         Limit a function's jobs (queued and running): FUNC=N for every
@@ -460,6 +468,7 @@ class GearmandOptions(usage.Options):
                 exceptions=bool(self["exceptions"]),
                 timeout_unit=unit,
                 admin_shutdown=self["admin-shutdown"],
+                admin_allow=self.get("admin-allow", ()),
                 verbose=str(self["verbose"]),
                 max_memory=sizes["max-memory"],
                 output_soft_seconds=self["output-soft-seconds"],
@@ -497,6 +506,7 @@ for _method in (
     GearmandOptions.opt_port,
     GearmandOptions.opt_max_queue,
     GearmandOptions.opt_version,
+    GearmandOptions.opt_admin_allow,
 ):
     setattr(_method, "__doc__", " ".join((_method.__doc__ or "").split()))  # noqa: B010
 
@@ -739,13 +749,13 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
     job_server.setServiceParent(top)
     factory = GearmanServerFactory(job_server)
     for description in options["ports"]:
-        top.add_port(strports.service(description, factory, reactor=reactor), description)
+        top.add_port(clientcerts.service(description, factory, reactor=reactor), description)
     # --http: HTTP job submission, a port of the service like the others
     # (bound before the start, stopped first, said in the log).
     if options["http"] is not None:
         http_factory = HTTPSubmitFactory(job_server)
         top.add_port(
-            strports.service(options["http"], http_factory, reactor=reactor),
+            clientcerts.service(options["http"], http_factory, reactor=reactor),
             f"--http {options['http']}",
         )
     # Checked once the ports are bound, before the reactor runs: a store

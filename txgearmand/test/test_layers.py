@@ -60,6 +60,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand._host": LEAVES,
     "txgearmand.jsonlog": LEAVES,
     "txgearmand.endpoints": LEAVES,
+    "txgearmand.clientcerts": LEAVES,
     # (txgearmand.store and txgearmand.store.*: see STORE_PACKAGE.)
     # 1: the model.
     "txgearmand.records": MODEL,
@@ -76,6 +77,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.stats": MODEL,
     "txgearmand.flow": MODEL,
     "txgearmand.meters": MODEL,
+    "txgearmand.access": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
     # 3: adapters.
