@@ -24,7 +24,10 @@ setup(
     extras_require={
         "tls": ["Twisted[tls]"],
         "postgresql": ["psycopg>=3.1"],
+        # Prometheus metrics (--metrics, and /metrics on the --web site).
+        "metrics": ["prometheus-client>=0.17"],
         "test": [
+            "prometheus-client>=0.17",
             "Twisted[tls]; platform_python_implementation == 'CPython'",
             "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
             "hypothesis>=6.50",
@@ -36,6 +39,7 @@ setup(
         "docs": ["pydoctor>=25.10"],
         "dev": [
             "Twisted[tls]",
+            "prometheus-client>=0.17",
             "psycopg[binary]>=3.1",
             "hypothesis>=6.50",
             "gear>=0.16",

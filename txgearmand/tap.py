@@ -179,21 +179,26 @@ def _number(kind: type, option: str) -> Any:
     return coerce
 
 
-def _http_endpoint(value: str) -> str:
+def _endpoint_option(option: str) -> Any:
     """
-    C{--http}: a port number (for C{tcp:N}) or a server endpoint string,
-    checked as C{--port}'s are.
+    A coercion for an option naming where to listen: a port number (for
+    C{tcp:N}) or a server endpoint string, checked as C{--port}'s are.
     """
-    description = value.strip()
-    if description.isdigit():
-        description = "tcp:" + description
-    problem = endpoint_problem(description)
-    if problem is not None:
-        raise ValueError(f"--http {description}: {problem}")
-    return description
+
+    def coerce(value: str) -> str:
+        description = value.strip()
+        if description.isdigit():
+            description = "tcp:" + description
+        problem = endpoint_problem(description)
+        if problem is not None:
+            raise ValueError(f"--{option} {description}: {problem}")
+        return description
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
 
 
-_http_endpoint.coerceDoc = ""  # type: ignore[attr-defined]
+_http_endpoint = _endpoint_option("http")
 
 
 class GearmandOptions(usage.Options):
@@ -364,6 +369,16 @@ class GearmandOptions(usage.Options):
             "raised to fit, where allowed.",
             _number(int, "max-connections"),
         ],
+        # --metrics: Prometheus metrics (txgearmand.metrics); off by default.
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics here: a port number or a Twisted "
+            "server endpoint string; needs pip install 'txgearmand[metrics]' "
+            "[default: off].",
+            _endpoint_option("metrics"),
+        ],
     ]
 
     compData = usage.Completions(
@@ -438,6 +453,13 @@ class GearmandOptions(usage.Options):
         """
         if not self["ports"]:
             self["ports"].append("tcp:4730")
+        if self["metrics"] is not None:
+            from txgearmand.metrics import available
+
+            if not available():
+                raise usage.UsageError(
+                    "--metrics needs prometheus-client: pip install 'txgearmand[metrics]'"
+                )
         sizes: dict[str, Any] = {}
         for option in ("max-packet-size", "output-soft-limit", "output-hard-limit"):
             if self[option] is not None:
@@ -527,6 +549,25 @@ class Options(GearmandOptions):
         except usage.UsageError as e:
             text = str(e).replace("Parameter type enforcement failed: ", "")
             raise SystemExit(f"twistd gearmand: {text} (see twistd gearmand --help)") from None
+
+
+def _metrics_site(job_server: JobServer) -> Any:
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    from txgearmand.metrics import MetricsResource
+
+    class QuietSite(Site):
+        def log(self, request: Any) -> None:
+            """
+            No access log: a scrape every few seconds is not news.
+            """
+
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(job_server))
+    site = QuietSite(root, reactor=job_server.reactor)
+    site.displayTracebacks = False
+    return site
 
 
 class StartFailed(SystemExit, Exception):
@@ -726,13 +767,14 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
             problem = bind_problem(description)
             if problem is not None:
                 raise StartFailed(f"twistd gearmand: cannot listen on {description}: {problem}")
-        # --http: its port is checked as the others.
-        if options["http"] is not None:
-            problem = bind_problem(options["http"])
-            if problem is not None:
-                raise StartFailed(
-                    f"twistd gearmand: cannot listen on --http {options['http']}: {problem}"
-                )
+        # --http and --metrics: their ports are checked as the others.
+        for option in ("http", "metrics"):
+            if options[option] is not None:
+                problem = bind_problem(options[option])
+                if problem is not None:
+                    raise StartFailed(
+                        f"twistd gearmand: cannot listen on --{option} {options[option]}: {problem}"
+                    )
         _check_store(options["queue"], early=True)
     settings: Settings = options["settings"]
     _log.set_level(settings.verbose)
@@ -758,6 +800,13 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
             clientcerts.service(options["http"], http_factory, reactor=reactor),
             f"--http {options['http']}",
         )
+    # --metrics: a site with Prometheus's /metrics alone.
+    if options["metrics"] is not None:
+        top.add_port(
+            clientcerts.service(options["metrics"], _metrics_site(job_server), reactor=reactor),
+            f"--metrics {options['metrics']}",
+        )
+        job_server.meters.watch()
     # Checked once the ports are bound, before the reactor runs: a store
     # that cannot be opened fails the start with a message, rather than a
     # server that loses jobs.

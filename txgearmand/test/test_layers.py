@@ -84,6 +84,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.protocol": ADAPTERS,
     "txgearmand.admin": ADAPTERS,
     "txgearmand.status": ADAPTERS,
+    "txgearmand.metrics": ADAPTERS,
     # HTTP job submission (--http).
     "txgearmand.httpsubmit": ADAPTERS,
     # 4: assembly.
