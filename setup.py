@@ -14,8 +14,14 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.9",
-    packages=["txgearmand", "txgearmand.store", "txgearmand.test", "twisted.plugins"],
-    package_data={"txgearmand": ["py.typed"]},
+    packages=[
+        "txgearmand",
+        "txgearmand.store",
+        "txgearmand.test",
+        "txgearmand.web",
+        "twisted.plugins",
+    ],
+    package_data={"txgearmand": ["py.typed"], "txgearmand.web": ["static/*"]},
     install_requires=[
         "Twisted>=23.10",
         "zope.interface>=5",

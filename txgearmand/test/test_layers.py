@@ -82,6 +82,8 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.protocol": ADAPTERS,
     "txgearmand.admin": ADAPTERS,
     "txgearmand.status": ADAPTERS,
+    "txgearmand.web": ADAPTERS,
+    "txgearmand.web.site": ADAPTERS,
     # 4: assembly.
     "txgearmand.inprocess": ASSEMBLY,
     "txgearmand.testing": ASSEMBLY,
