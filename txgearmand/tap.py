@@ -181,6 +181,25 @@ def _number(kind: type, option: str) -> Any:
     return coerce
 
 
+def _endpoint(option: str) -> Any:
+    """
+    A coercion for an endpoint option: a port number means C{tcp:N}; a
+    description that cannot be listened on is refused, naming the option.
+    """
+
+    def coerce(value: str) -> str:
+        description = value.strip()
+        if description.isdigit():
+            description = "tcp:" + description
+        problem = endpoint_problem(description)
+        if problem is not None:
+            raise ValueError(f"--{option} {description}: {problem}")
+        return description
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
 class GearmandOptions(usage.Options):
     """
     Options of C{twistd gearmand}; a bad one raises a C{usage.UsageError}
@@ -321,6 +340,16 @@ class GearmandOptions(usage.Options):
             "Log a one-line summary (jobs queued and running, workers, clients, "
             "jobs/s in and out) every this many seconds (0: never).",
             _number(float, "stats-interval"),
+        ],
+        # The status site (txgearmand.web.site): off unless given.
+        [
+            "web",
+            None,
+            None,
+            "Serve the status site (a page and /status.json; changes from loopback only) on "
+            "this Twisted server endpoint, e.g. tcp:8080:interface=127.0.0.1. Anyone who "
+            "reaches it can read it: bind it to a private address. [default: off]",
+            _endpoint("web"),
         ],
         [
             "store-slow-seconds",
@@ -688,6 +717,12 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
             problem = bind_problem(description)
             if problem is not None:
                 raise StartFailed(f"twistd gearmand: cannot listen on {description}: {problem}")
+        if options["web"] is not None:
+            problem = bind_problem(options["web"])
+            if problem is not None:
+                raise StartFailed(
+                    f"twistd gearmand: cannot listen on --web {options['web']}: {problem}"
+                )
         _check_store(options["queue"], early=True)
     settings: Settings = options["settings"]
     _log.set_level(settings.verbose)
@@ -705,6 +740,13 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
     factory = GearmanServerFactory(job_server)
     for description in options["ports"]:
         top.add_port(strports.service(description, factory, reactor=reactor), description)
+    # The status site (--web): a port of its own, stopped with the Gearman
+    # ports; the jobs/s history is kept from the start.
+    if options["web"] is not None:
+        from txgearmand.web.site import status_service
+
+        job_server.meters.watch()
+        top.add_port(status_service(reactor, options["web"], job_server), "--web " + options["web"])
     # Checked once the ports are bound, before the reactor runs: a store
     # that cannot be opened fails the start with a message, rather than a
     # server that loses jobs.
