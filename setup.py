@@ -37,6 +37,8 @@ setup(
             "gear>=0.16",
             "coverage>=7",
             "pydoctor>=25.10; platform_python_implementation == 'CPython'",
+            # The status page in a real Chromium (Debian's chromium, chromium-driver).
+            "selenium>=4.11",
         ],
         # The API reference: python -m pydoctor (settings in pyproject.toml).
         "docs": ["pydoctor>=25.10"],
@@ -50,6 +52,7 @@ setup(
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
             "pydoctor>=25.10",
+            "selenium>=4.11",
             "atheris; platform_python_implementation == 'CPython'",
         ],
     },
