@@ -14,8 +14,14 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.9",
-    packages=["txgearmand", "txgearmand.store", "txgearmand.test", "twisted.plugins"],
-    package_data={"txgearmand": ["py.typed"]},
+    packages=[
+        "txgearmand",
+        "txgearmand.store",
+        "txgearmand.test",
+        "txgearmand.web",
+        "twisted.plugins",
+    ],
+    package_data={"txgearmand": ["py.typed"], "txgearmand.web": ["static/*"]},
     install_requires=[
         "Twisted>=23.10",
         "zope.interface>=5",
@@ -34,6 +40,8 @@ setup(
             "gear>=0.16",
             "coverage>=7",
             "pydoctor>=25.10; platform_python_implementation == 'CPython'",
+            # The status page in a real Chromium (Debian's chromium, chromium-driver).
+            "selenium>=4.11",
         ],
         # The API reference: python -m pydoctor (settings in pyproject.toml).
         "docs": ["pydoctor>=25.10"],
@@ -48,6 +56,7 @@ setup(
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
             "pydoctor>=25.10",
+            "selenium>=4.11",
             "atheris; platform_python_implementation == 'CPython'",
         ],
     },

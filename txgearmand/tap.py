@@ -201,6 +201,9 @@ def _endpoint_option(option: str) -> Any:
 _http_endpoint = _endpoint_option("http")
 
 
+_endpoint = _endpoint_option
+
+
 class GearmandOptions(usage.Options):
     """
     Options of C{twistd gearmand}; a bad one raises a C{usage.UsageError}
@@ -351,6 +354,17 @@ class GearmandOptions(usage.Options):
             "Log a one-line summary (jobs queued and running, workers, clients, "
             "jobs/s in and out) every this many seconds (0: never).",
             _number(float, "stats-interval"),
+        ],
+        # The status site (txgearmand.web.site): off unless given.
+        [
+            "web",
+            None,
+            None,
+            "Serve the status site (a page, /status.json, /metrics; changes as --admin-allow "
+            "allows, else from loopback only) on "
+            "this Twisted server endpoint, e.g. tcp:8080:interface=127.0.0.1. Anyone who "
+            "reaches it can read it: bind it to a private address. [default: off]",
+            _endpoint("web"),
         ],
         [
             "store-slow-seconds",
@@ -767,8 +781,8 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
             problem = bind_problem(description)
             if problem is not None:
                 raise StartFailed(f"twistd gearmand: cannot listen on {description}: {problem}")
-        # --http and --metrics: their ports are checked as the others.
-        for option in ("http", "metrics"):
+        # --http, --metrics and --web: their ports are checked as the others.
+        for option in ("http", "metrics", "web"):
             if options[option] is not None:
                 problem = bind_problem(options[option])
                 if problem is not None:
@@ -807,6 +821,13 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
             f"--metrics {options['metrics']}",
         )
         job_server.meters.watch()
+    # The status site (--web): a port of its own, stopped with the Gearman
+    # ports; the jobs/s history is kept from the start.
+    if options["web"] is not None:
+        from txgearmand.web.site import status_service
+
+        job_server.meters.watch()
+        top.add_port(status_service(reactor, options["web"], job_server), "--web " + options["web"])
     # Checked once the ports are bound, before the reactor runs: a store
     # that cannot be opened fails the start with a message, rather than a
     # server that loses jobs.

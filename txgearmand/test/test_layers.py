@@ -87,6 +87,8 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.metrics": ADAPTERS,
     # HTTP job submission (--http).
     "txgearmand.httpsubmit": ADAPTERS,
+    "txgearmand.web": ADAPTERS,
+    "txgearmand.web.site": ADAPTERS,
     # 4: assembly.
     "txgearmand.inprocess": ASSEMBLY,
     "txgearmand.testing": ASSEMBLY,

@@ -1,0 +1,3 @@
+"""
+What txgearmand serves over HTTP: the status site (L{txgearmand.web.site}).
+"""
