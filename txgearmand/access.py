@@ -263,7 +263,44 @@ class _CARule(_Rule):
             crypto.X509StoreContext(self.store, leaf, chain).verify_certificate()
         except Exception:
             return False
-        return True
+        return _for_clients(peer.certificate)
+
+
+def _for_clients(der: bytes) -> bool:
+    """
+    Whether a certificate may identify a client: not a CA's, and, where it
+    says what it is for, for client authentication and signing (so that a
+    server's certificate from the same CA is no admin's).
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        extensions = certificate.extensions
+        try:
+            if extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return False
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            purposes = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            if (
+                ExtendedKeyUsageOID.CLIENT_AUTH not in purposes
+                and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in purposes
+            ):
+                return False
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            usage = extensions.get_extension_for_class(x509.KeyUsage).value
+            if not (usage.digital_signature or usage.key_agreement):
+                return False
+        except x509.ExtensionNotFound:
+            pass
+    except Exception:
+        return False
+    return True
 
 
 def _forms(address: str) -> list[_Address]:

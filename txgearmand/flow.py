@@ -27,6 +27,7 @@ from txgearmand.meters import (
     COMPLETED,
     EXCEPTIONS,
     FAILED,
+    OTHER,
     REFUSED,
     RETRIED,
     SUBMITTED_BG,
@@ -150,7 +151,10 @@ class JobFlow:
         if table.held_bytes + guard.partial + guard.output + size > guard.alarm:
             if not guard.admit(size):
                 guard.refused("submissions")
-                self.registry.counts.of(function)[REFUSED] += 1
+                # Counted under the function only if it exists: a refused
+                # name takes no place among the counted ones.
+                known = self.registry.by_name.get(function)
+                (known.counts if known else self.registry.counts.of(OTHER))[REFUSED] += 1
                 raise GearmanError(
                     b"QUEUE_ERROR",
                     b"Server is over its memory budget; try again later or elsewhere",

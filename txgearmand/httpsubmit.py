@@ -535,6 +535,11 @@ def _host_of(address: IAddress | None) -> str:
     return "-"
 
 
+#: Bytes of later requests a connection may send while one waits for its
+#: job (they wait, unparsed, in memory).
+PIPELINED_LIMIT = 256 * 1024
+
+
 class HTTPSubmitChannel(http.HTTPChannel):
     """
     One HTTP connection (HTTP/1.0, or 1.1 with keep-alive and pipelining:
@@ -574,11 +579,31 @@ class HTTPSubmitChannel(http.HTTPChannel):
             self._label = "http:unix"
         super().connectionMade()
 
+    #: Twisted pauses reading once this much of later requests waits
+    #: behind the one being answered, and a paused connection's close goes
+    #: unnoticed: it is set past L{PIPELINED_LIMIT}, which closes instead.
+    _optimisticEagerReadSize = 1 << 30
+
     def dataReceived(self, data: bytes) -> None:
         """
-        Parse requests; after a refusal, drop what arrives.
+        Parse requests; after a refusal, drop what arrives.  A client that
+        pipelines more than L{PIPELINED_LIMIT} bytes behind a request still
+        waiting for its job is closed (its job loses it as a listener).
         """
         if self._lingering:
+            return
+        waiting = getattr(self, "_dataBuffer", None)
+        if (
+            getattr(self, "_handlingRequest", False)
+            and waiting is not None
+            and sum(map(len, waiting)) + len(data) > PIPELINED_LIMIT
+        ):
+            self.log.info(
+                "Closing {peer}: more than {limit} bytes pipelined behind a request",
+                peer=self._label,
+                limit=PIPELINED_LIMIT,
+            )
+            self._abort()
             return
         super().dataReceived(data)
 

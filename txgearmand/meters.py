@@ -23,6 +23,7 @@ __all__ = [
     "COUNTS",
     "EXCEPTIONS",
     "FAILED",
+    "MAX_COUNTED_NAME",
     "OTHER",
     "REFUSED",
     "RETRIED",
@@ -83,11 +84,17 @@ TIME_BUCKETS = (
 )
 
 
+#: Names longer than this are counted under L{OTHER}: a client may send
+#: names up to the packet size, and counted names are kept for good.
+MAX_COUNTED_NAME = 128
+
+
 class FunctionCounts:
     """
     A list of counters per function name, kept after the function is
     forgotten (counters only go up).  Clients may invent names without
-    end: past C{limit} names, new ones share the counters of L{OTHER}.
+    end: past C{limit} names, new ones share the counters of L{OTHER}, as
+    do names over L{MAX_COUNTED_NAME} bytes or with control characters.
 
     @ivar by_name: the counters, by function name.
     """
@@ -102,7 +109,11 @@ class FunctionCounts:
         """
         counts = self.by_name.get(name)
         if counts is None:
-            if len(self.by_name) >= self.limit:
+            if (
+                len(self.by_name) >= self.limit
+                or len(name) > MAX_COUNTED_NAME
+                or any(c < 32 or c == 127 for c in name)
+            ):
                 name = OTHER
                 counts = self.by_name.get(name)
             if counts is None:
@@ -136,8 +147,10 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         """
-        Count one observation.
+        Count one observation (a negative one, from a clock set back, as 0).
         """
+        if value < 0:
+            value = 0.0
         self.buckets[bisect_left(self.bounds, value)] += 1
         self.count += 1
         self.sum += value

@@ -1,7 +1,7 @@
 # -*- test-case-name: txgearmand.test.test_status -*-
 """
-The server's state as plain data (C{/status.json}, the status page and the
-metrics read it): functions, workers, clients, jobs, the store, traffic
+The server's state as plain data (C{/status.json}; the status page reads
+it): functions, workers, clients, jobs, the store, traffic
 and recent throughput.  Every name, handle and id is text.
 
 The shape, version 1 (times are seconds since the epoch, durations in

@@ -579,7 +579,10 @@ def _metrics_site(job_server: JobServer) -> Any:
 
     root = Resource()
     root.putChild(b"metrics", MetricsResource(job_server))
-    site = QuietSite(root, reactor=job_server.reactor)
+    # Idle scrapers are closed after --read-timeout (Site's default: 12 h).
+    site = QuietSite(
+        root, timeout=job_server.settings.read_timeout or None, reactor=job_server.reactor
+    )
     site.displayTracebacks = False
     return site
 

@@ -274,6 +274,52 @@ class MatchingTests(SynchronousTestCase):
         ]:
             self.assertFalse(rules.allows(refused), refused)
 
+    def test_ca_client_certificates_only(self) -> None:
+        """
+        C{ca:} does not take the CA's own certificate, nor one its CA made
+        for servers only (extended key usage without client
+        authentication).
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        pki = _pki.make_pki(Path(self.mktemp()))
+        rules = AccessRules([f"ca:{pki.ca.cert}"])
+        self.assertFalse(rules.allows(PeerIdentity(certificate=pki.ca.der)))
+        self.assertFalse(
+            rules.allows(PeerIdentity(certificate=pki.intermediate.der, chain=(pki.ca.der,)))
+        )
+
+        def leaf(purposes: list[x509.ObjectIdentifier]) -> bytes:
+            now = pki.ca._certificate.not_valid_before_utc
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
+                .issuer_name(pki.ca._certificate.subject)
+                .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now)
+                .not_valid_after(pki.ca._certificate.not_valid_after_utc)
+                .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
+            )
+            certificate = builder.sign(pki.ca._private_key, hashes.SHA256())
+            return certificate.public_bytes(serialization.Encoding.DER)
+
+        self.assertFalse(
+            rules.allows(PeerIdentity(certificate=leaf([ExtendedKeyUsageOID.SERVER_AUTH])))
+        )
+        self.assertTrue(
+            rules.allows(
+                PeerIdentity(
+                    certificate=leaf(
+                        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    )
+                )
+            )
+        )
+
     def test_any_rule(self) -> None:
         """
         A peer is allowed when any rule matches; L{AccessRules.matching}

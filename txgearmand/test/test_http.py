@@ -429,6 +429,24 @@ class ForegroundTests(HTTPTestMixin, SynchronousTestCase):
         self.assertEqual(self.server.jobs(), [])
         self.assertEqual(self.server.clients(), [])
 
+    def test_pipelined_past_the_limit(self) -> None:
+        """
+        A client that pipelines more than the limit behind a request that
+        waits for its job is closed, and its queued job dropped (Twisted
+        would stop reading it instead, and its leaving would go unseen).
+        """
+        from txgearmand.httpsubmit import PIPELINED_LIMIT
+
+        client = self.client()
+        client.ask("POST", "/nobody", b"x")
+        chunk = request("POST", "/nobody", b"y" * 60000, ())
+        client.send(chunk * 3)
+        self.assertFalse(client.closed)
+        self.assertEqual(len(self.server.jobs()), 1)
+        client.send(chunk * (PIPELINED_LIMIT // len(chunk)))
+        self.assertTrue(client.closed)
+        self.assertEqual(self.server.jobs(), [])
+
     def test_running_job_outlives_client(self) -> None:
         """
         A job already running when its client goes away runs on; its

@@ -192,3 +192,22 @@ class StoreSnapshotTests(SynchronousTestCase):
         self.assertEqual(data["latency_mean"], 0.125)
         self.assertEqual(data["last_error"], {"text": "disk full", "at": 0.25})
         self.assertEqual(snapshot(server)["totals"]["refused"], 1)
+
+
+class CountedNameTests(SynchronousTestCase):
+    """
+    Names that would cost memory for good are counted under C{_other}.
+    """
+
+    def test_long_and_control(self) -> None:
+        """
+        A name over 128 bytes, or with a control character, shares the
+        counters of C{_other}; a negative duration counts as 0.
+        """
+        counts = FunctionCounts()
+        self.assertIs(counts.of(b"x" * 129), counts.of(OTHER))
+        self.assertIs(counts.of(b"a\nb"), counts.of(OTHER))
+        self.assertIsNot(counts.of(b"x" * 128), counts.of(OTHER))
+        h = Histogram()
+        h.observe(-1.0)
+        self.assertEqual((h.sum, h.buckets[0]), (0.0, 1))
