@@ -53,15 +53,21 @@ class NullTransport:
         pass
 
 
-def run(jobs: int, clients: int = 10, workers: int = 10, window: int = 8) -> float:
+def run(
+    jobs: int, clients: int = 10, workers: int = 10, window: int = 8, watched: bool = False
+) -> float:
     """
     Jobs per second through submit, grab and complete.  Only the server's
     public surface is used (packets in, packets out), so the same loop
     measures any version of it.
+
+    @param watched: as with a status site or metrics on (jobs are timed).
     """
     clock = Clock()
     server = JobServer(clock, job_handle_prefix=b"H:bench")
     server.startService()
+    if watched:
+        server.meters.watch()
 
     def connect() -> tuple[GearmanProtocol, NullTransport]:
         p = GearmanProtocol(server)
@@ -104,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--watched", action="store_true", help="as with --web or --metrics on (jobs timed)"
+    )
     args = parser.parse_args(argv)
     rates = []
     for _ in range(args.rounds):
-        rates.append(run(args.jobs))
+        rates.append(run(args.jobs, watched=args.watched))
         print(f"{rates[-1]:.0f} jobs/s (submit, grab, complete; no network; CPU time)")
     rates.sort()
     print(f"best {rates[-1]:.0f}  median {rates[len(rates) // 2]:.0f} jobs/s")
