@@ -280,12 +280,12 @@ class MatchingTests(SynchronousTestCase):
         for servers only (extended key usage without client
         authentication).
         """
+        pki = _pki.make_pki(Path(self.mktemp()))  # Skips without TLS.
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-        pki = _pki.make_pki(Path(self.mktemp()))
         rules = AccessRules([f"ca:{pki.ca.cert}"])
         self.assertFalse(rules.allows(PeerIdentity(certificate=pki.ca.der)))
         self.assertFalse(
