@@ -349,7 +349,9 @@ class StatusSite(Site):
             raise ValueError("a token is letters, digits, - and _ only")
         self.token = token
         self._refused = 0
-        super().__init__(_Root(self), reactor=job_server.reactor)
+        # Idle connections close after --read-timeout (Site's default: 12 h).
+        timeout = job_server.settings.read_timeout or None
+        super().__init__(_Root(self), timeout=timeout, reactor=job_server.reactor)
 
     def startFactory(self) -> None:
         """
