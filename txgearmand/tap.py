@@ -179,6 +179,19 @@ def _number(kind: type, option: str) -> Any:
     return coerce
 
 
+def default_node(ports: list[str]) -> str:
+    """
+    A server's node name when C{--node} is not given: the host's name and
+    the first address it listens on.  It stays the same when the server
+    restarts (so it finds its jobs again) and differs between two servers
+    on one host (they cannot listen on one address), with nothing to keep
+    on disk.
+    """
+    import socket
+
+    return socket.gethostname() + "/" + (ports[0] if ports else "tcp:4730")
+
+
 def _endpoint_option(option: str) -> Any:
     """
     A coercion for an option naming where to listen: a port number (for
@@ -284,6 +297,14 @@ class GearmandOptions(usage.Options):
             "Where background jobs are kept across restarts: sqlite:PATH (an SQLite "
             "file, relative to the working directory), postgresql://USER@HOST/DB "
             "(needs the postgresql extra), or memory (not kept).",
+        ],
+        [
+            "node",
+            None,
+            None,
+            "This server's name in a PostgreSQL store several servers share: it owns "
+            "the jobs it accepted under this name, and finds them again when it "
+            "restarts. [default: the host's name and the first --port]",
         ],
         [
             "verbose",
@@ -803,7 +824,10 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
     # (PyPy's collector is another kind, without these knobs.)
     if hasattr(gc, "set_threshold"):
         gc.set_threshold(50_000, 20, 20)
-    job_server = JobServer(reactor, settings, store=store.store_from_url(reactor, options["queue"]))
+    node = options.get("node") or default_node(options["ports"])
+    job_server = JobServer(
+        reactor, settings, store=store.store_from_url(reactor, options["queue"], node=node)
+    )
     top = GearmandService(job_server)
     job_server.setServiceParent(top)
     factory = GearmanServerFactory(job_server)

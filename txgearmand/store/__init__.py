@@ -68,9 +68,13 @@ def _kind(url: str) -> tuple[str, str]:
     raise ValueError(f"unknown job store {url!r}: use memory, sqlite:PATH or postgresql://...")
 
 
-def store_from_url(reactor: Any, url: str) -> IJobStore | None:
+def store_from_url(reactor: Any, url: str, node: str | None = None) -> IJobStore | None:
     """
     The store a URL names (C{None} for C{memory}: no store at all).
+
+    @param node: this server's node name in a store several servers share
+        (PostgreSQL; see L{txgearmand.store.postgresql}); C{None} for the
+        store's default.
 
     @raise ValueError: for a URL of no known kind.
     """
@@ -83,7 +87,7 @@ def store_from_url(reactor: Any, url: str) -> IJobStore | None:
         return SQLiteStore(reactor, where)
     from txgearmand.store.postgresql import PostgreSQLStore
 
-    return PostgreSQLStore(reactor, where)
+    return PostgreSQLStore(reactor, where, node=node)
 
 
 def check_store_url(url: str, early: bool = False) -> None:

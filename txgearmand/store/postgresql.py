@@ -7,10 +7,28 @@ group commit.
 Opened on a database that holds C gearmand's libpq queue (a table with C's
 columns, whatever C{--libpq-table} named it), it imports C's queued jobs
 first, once.
+
+Several servers, one database
+=============================
+
+Any number of servers may share one database (and one table).  Each is a
+I{node}: a name (C{--node}, by default the host's name and the first
+listening address: stable across restarts of the same server, different
+for two servers on one host, and nothing to keep on disk) registered in
+the table C{<table>_nodes} with an I{epoch}, bumped each time the node
+opens the store.  Each job row records its C{owner} node and the owner's
+epoch; the primary key is C{(owner, id)}, so that every node numbers its
+jobs as it always did.  A node loads, adds and removes only its own rows,
+and its removals name its epoch too (C{WHERE owner = me AND epoch =
+my_epoch}): rows adopted by another node, or reclaimed by a later start
+of the same node, are out of its reach.  Opening claims the rows of the
+previous, single-server schema (and C gearmand's imported jobs), which
+have no owner: the first server to open them owns them.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -26,18 +44,41 @@ __all__ = ["C_TABLE", "PostgreSQLStore", "check_postgresql"]
 log = _log.logger("txgearmand.store.postgresql")
 
 _COLUMNS = "id, handle, function, uniq, payload, priority, when_to_run, reducer"
+_OWNED_COLUMNS = _COLUMNS + ", owner, epoch"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
-    id BIGINT PRIMARY KEY,
+    id BIGINT NOT NULL,
     handle BYTEA NOT NULL,
     function BYTEA NOT NULL,
     uniq BYTEA NOT NULL,
     payload BYTEA NOT NULL,
     priority SMALLINT NOT NULL,
     when_to_run DOUBLE PRECISION,
-    reducer BYTEA NOT NULL
-)
+    reducer BYTEA NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    epoch BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, id)
+);
+CREATE TABLE IF NOT EXISTS {table}_nodes (
+    name TEXT PRIMARY KEY,
+    epoch BIGINT NOT NULL,
+    heartbeat TIMESTAMPTZ NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS {table}_adopted
 """
+# The previous schema's table (one server, the primary key on id alone):
+# owner and epoch are added, and the key becomes (owner, id).
+_MIGRATE = """
+ALTER TABLE {table}
+    ADD COLUMN owner TEXT NOT NULL DEFAULT '',
+    ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0,
+    DROP CONSTRAINT {pkey},
+    ADD PRIMARY KEY (owner, id)
+"""
+
+# An advisory lock key held while the tables are created or changed, so
+# that servers starting together do not trip over each other.
+_SCHEMA_LOCK = 0x7478_6765_6172_0002
 
 
 def _psycopg() -> Any:
@@ -90,10 +131,71 @@ def _c_tables(conn: Any) -> list[tuple[str, str, set[str]]]:
 def _connect(conninfo: str, table: str, import_c: bool = True) -> Any:
     psycopg = _psycopg()
     conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
-    conn.execute(_SCHEMA.format(table=table))
+    _create_or_migrate(conn, table)
     if import_c and _c_tables(conn):
         _import_c_queues(conn, table)
     return conn
+
+
+def _columns(conn: Any, table: str) -> set[str]:
+    return {
+        name
+        for (name,) in conn.execute(
+            "SELECT attname::text FROM pg_catalog.pg_attribute"
+            " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        )
+    }
+
+
+def _create_or_migrate(conn: Any, table: str) -> None:
+    """
+    Create the tables, or bring a table of the previous (single-server)
+    schema to this one; its rows keep no owner until a node claims them.
+    """
+    if (
+        "owner" in _columns(conn, table)
+        and conn.execute("SELECT to_regclass(%s)", (table + "_nodes",)).fetchone()[0]
+    ):
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        columns = _columns(conn, table)
+        if columns and "owner" not in columns:
+            (pkey,) = conn.execute(
+                "SELECT conname::text FROM pg_catalog.pg_constraint"
+                " WHERE conrelid = to_regclass(%s) AND contype = 'p'",
+                (table,),
+            ).fetchone()
+            conn.execute(_MIGRATE.format(table=table, pkey='"' + pkey.replace('"', '""') + '"'))
+            log.info(
+                "The job table {table} can now be shared by several servers"
+                " (it has owner and epoch columns)",
+                table=table,
+            )
+        conn.execute(_SCHEMA.format(table=table))
+
+
+def _register(conn: Any, table: str, node: str) -> int:
+    """
+    Start this node's new epoch, and claim its rows (and those no node
+    owns) for it, in one transaction.
+
+    @return: the epoch.
+    """
+    with conn.transaction():
+        (epoch,) = conn.execute(
+            f"INSERT INTO {table}_nodes (name, epoch, heartbeat) VALUES (%s, 1, now())"
+            f" ON CONFLICT (name) DO UPDATE"
+            f" SET epoch = {table}_nodes.epoch + 1, heartbeat = now()"
+            " RETURNING epoch",
+            (node,),
+        ).fetchone()
+        conn.execute(
+            f"UPDATE {table} SET owner = %s, epoch = %s WHERE owner = %s OR owner = ''",
+            (node, epoch, node),
+        )
+    return int(epoch)
 
 
 def _import_c_queues(conn: Any, table: str) -> int:
@@ -180,17 +282,36 @@ class PostgreSQLStore(ThreadedStore):
     found on opening are imported (see L{check_postgresql}).
     """
 
-    def __init__(self, reactor: Any, conninfo: str, table: str = "txgearmand_jobs") -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        conninfo: str,
+        table: str = "txgearmand_jobs",
+        node: str | None = None,
+    ) -> None:
+        """
+        @param node: this server's node name (default: the host's name).
+        """
         if not table.replace("_", "").isalnum():
             raise ValueError(f"not a table name: {table!r}")
         super().__init__(reactor, "txgearmand-postgresql")
         self.conninfo = conninfo
         self.table = table
+        self.node = node if node else socket.gethostname()
+        #: This node's epoch, from L{open} on.
+        self.epoch = 0
         self._conn: Any = None
 
     def open(self) -> Deferred[None]:
         def connect() -> None:
             self._conn = _connect(self.conninfo, self.table)
+            self.epoch = _register(self._conn, self.table, self.node)
+            log.info(
+                "Node {node} (epoch {epoch}) on the job table {table}",
+                node=self.node,
+                epoch=self.epoch,
+                table=self.table,
+            )
 
         return self._open_in_thread(connect)
 
@@ -206,7 +327,11 @@ class PostgreSQLStore(ThreadedStore):
         def select() -> list[StoredJob]:
             rows = (
                 self._connection()
-                .execute(f"SELECT {_COLUMNS} FROM {self.table} ORDER BY id")
+                .execute(
+                    f"SELECT {_COLUMNS} FROM {self.table} WHERE owner = %s AND epoch = %s"
+                    " ORDER BY id",
+                    (self.node, self.epoch),
+                )
                 .fetchall()
             )
             return [StoredJob(*row) for row in rows]
@@ -225,14 +350,21 @@ class PostgreSQLStore(ThreadedStore):
     def _write_once(self, batch: Batch) -> None:
         adds, removes = batch
         conn = self._connection()
+        node = self.node
+        epoch = self.epoch
         with conn.transaction():
             cur = conn.cursor()
             if adds:
-                with cur.copy(f"COPY {self.table} ({_COLUMNS}) FROM STDIN") as copy:
+                with cur.copy(f"COPY {self.table} ({_OWNED_COLUMNS}) FROM STDIN") as copy:
                     for job in adds:
-                        copy.write_row(job)
+                        copy.write_row((*job, node, epoch))
             if removes:
-                cur.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (removes,))
+                # Fenced: rows another node adopted (or a later start of
+                # this node reclaimed) are not this node's to remove.
+                cur.execute(
+                    f"DELETE FROM {self.table} WHERE owner = %s AND epoch = %s AND id = ANY(%s)",
+                    (node, epoch, removes),
+                )
 
     def _close_connection(self) -> None:
         if self._conn is not None:
