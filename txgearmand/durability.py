@@ -8,6 +8,11 @@ jobs accepted and ended in each reactor turn - one C{add_many} and one
 C{remove_many} per turn, when the output batch flushes - and tells each
 job's commit waiters (the submitters waiting for JOB_CREATED) once the
 store has committed it.
+
+With a store several servers share (an L{ISharedJobStore}), it also calls
+the store's C{adopt} on a timer: the jobs adopted from dead servers are
+queued (with new handles), and, when this server finds it was taken over,
+the jobs no longer its own are dropped without touching the store.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from twisted.python.failure import Failure
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
 from txgearmand.functions import FunctionRegistry
-from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.interfaces import Adoption, IJobStore, ISharedJobStore, StoredJob
 from txgearmand.job import JobTable
 from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import Job, JobState
@@ -32,6 +37,7 @@ __all__ = ["Durability"]
 
 _DONE = JobState.DONE
 _QUEUED = JobState.QUEUED
+_RUNNING = JobState.RUNNING
 
 
 class Durability:
@@ -56,6 +62,7 @@ class Durability:
         clock: IReactorTime | None = None,
         slow_seconds: float = 0.0,
         latency: Histogram | None = None,
+        enqueue: Callable[[Job], None] | None = None,
     ) -> None:
         """
         @param batch: the server's output batch: writes go to the store
@@ -68,6 +75,8 @@ class Durability:
         @param slow_seconds: a write taking longer makes the store slow
             (logged once, and its recovery too); C{0}: not watched.
         @param latency: where each write's duration is counted.
+        @param enqueue: queues a job adopted from a dead server and wakes
+            its sleeping workers (without it, the job is only queued).
         """
         self.store = store
         self.ready = store is None
@@ -89,6 +98,13 @@ class Durability:
         self._writes = 0
         self.watch_timer: IDelayedCall | None = None
         self.slow = False
+        #: The timer of the next L{ISharedJobStore.adopt} call, or C{None}.
+        self.adopt_timer: IDelayedCall | None = None
+        self._adopting: Deferred[Any] | None = None
+        self._closing = False
+        self._adopt_failing = False
+        self._model: tuple[JobTable, FunctionRegistry, Schedule] | None = None
+        self._enqueue = enqueue
 
     # -- start and stop -------------------------------------------------
 
@@ -121,30 +137,8 @@ class Durability:
         Queue again the jobs the store kept, in their order (with new
         handles where a live job has theirs), then say the server is ready.
         """
-        now = schedule.now()
         with self._batch:
-            for record in records:
-                handle = record.handle
-                table.note_handle(handle)
-                if handle in table.by_handle:
-                    handle = table.new_handle()
-                job = Job(
-                    handle,
-                    registry.function(record.function),
-                    record.unique,
-                    record.payload,
-                    record.priority,
-                    True,
-                    record.reducer,
-                    record.when,
-                )
-                job.require_listener = False
-                job.store_id = record.id
-                table.add(job)
-                if record.when is not None and record.when > now:
-                    schedule.add(job)
-                else:
-                    job.queue.push(job)
+            self._queue(records, table, registry, schedule, None)
         for fq in registry.over_limit():
             self.log.warn(
                 "{function} has {n} stored jobs, over its max queue; all are kept",
@@ -152,7 +146,126 @@ class Durability:
                 n=fq.total(),
             )
         self.log.info("Replayed {n} stored jobs", n=len(records))
+        self._model = (table, registry, schedule)
         self.set_ready()
+        self._schedule_adopt()
+
+    @staticmethod
+    def _queue(
+        records: list[StoredJob],
+        table: JobTable,
+        registry: FunctionRegistry,
+        schedule: Schedule,
+        enqueue: Callable[[Job], None] | None,
+    ) -> None:
+        """
+        Make and queue jobs from records: replayed ones (no C{enqueue}: no
+        worker is connected yet) under their handles where free, adopted
+        ones under new handles, queued with C{enqueue}.
+        """
+        now = schedule.now()
+        adopted = enqueue is not None
+        for record in records:
+            handle = record.handle
+            if adopted:
+                handle = table.new_handle()
+            else:
+                table.note_handle(handle)
+                if handle in table.by_handle:
+                    handle = table.new_handle()
+            job = Job(
+                handle,
+                registry.function(record.function),
+                record.unique,
+                record.payload,
+                record.priority,
+                True,
+                record.reducer,
+                record.when,
+            )
+            job.require_listener = False
+            job.store_id = record.id
+            table.add(job)
+            if record.when is not None and record.when > now:
+                schedule.add(job)
+            elif enqueue is not None:
+                enqueue(job)
+            else:
+                job.queue.push(job)
+
+    # -- several servers, one store --------------------------------------
+
+    def _schedule_adopt(self) -> None:
+        store: Any = self.store
+        if self._clock is None or self._closing or not ISharedJobStore.providedBy(store):
+            return
+        self.adopt_timer = self._clock.callLater(store.poll_interval, self._adopt)
+
+    def _adopt(self) -> None:
+        self.adopt_timer = None
+        store: Any = self.store
+        d: Deferred[Any] = maybeDeferred(store.adopt)
+        self._adopting = d
+        d.addCallback(self._adopted)
+        d.addBoth(self._adopt_done)
+
+    def _adopt_done(self, result: object) -> None:
+        self._adopting = None
+        if isinstance(result, Failure):
+            # Once per streak of failures: the store may be down a while.
+            if not self._adopt_failing:
+                self.log.failure(
+                    "Proving this server alive in the job store (and looking for dead"
+                    " servers) failed; trying again every {seconds} s",
+                    result,
+                    seconds=self.store.poll_interval,  # type: ignore[union-attr]
+                )
+            self._adopt_failing = True
+        elif self._adopt_failing:
+            self._adopt_failing = False
+            self.log.info("This server proves it is alive in the job store again")
+        self._schedule_adopt()
+
+    def _adopted(self, adoption: Adoption) -> None:
+        if self._closing or self._model is None:
+            # Adopted while stopping: they stay this node's in the store,
+            # found again at the next start (or adopted by another).
+            return
+        table, registry, schedule = self._model
+        with self._batch:
+            if adoption.kept is not None:
+                self._drop_lost(set(adoption.kept), table)
+            if adoption.adopted:
+                enqueue = self._enqueue or _push
+                self._queue(adoption.adopted, table, registry, schedule, enqueue)
+                self.log.info("Queued {n} jobs adopted from dead servers", n=len(adoption.adopted))
+
+    def _drop_lost(self, kept: set[int], table: JobTable) -> None:
+        """
+        This server was taken over: drop the stored jobs it holds that are
+        no longer its own (those committed before the adoption, not kept),
+        without removing them from the store.  Running ones are taken from
+        their workers (their results are dropped).
+        """
+        lost = [
+            job
+            for job in table.by_handle.values()
+            if job.store_id is not None and job.commit_waiters is None and job.store_id not in kept
+        ]
+        for job in lost:
+            job.store_id = None
+            if job.state is _RUNNING:
+                worker = job.worker
+                if worker is not None and worker.connected:
+                    worker.remember_released(job.handle)
+            self._lost(job)
+        self.log.warn(
+            "This server (node {node}) was taken over: another server adopted its stored"
+            " jobs while it seemed dead; {n} jobs dropped here (they run there), {kept} kept",
+            node=getattr(self.store, "node", "?"),
+            n=len(lost),
+            kept=len(kept),
+        )
 
     def when_ready(self) -> Deferred[None]:
         """
@@ -183,6 +296,10 @@ class Durability:
         Commit what is pending and close the store.
         """
         store = self.store
+        self._closing = True
+        if self.adopt_timer is not None and self.adopt_timer.active():
+            self.adopt_timer.cancel()
+        self.adopt_timer = None
         if store is None or not self.ready:
             return succeed(None)
         self.flush()
@@ -363,6 +480,10 @@ class Durability:
                         self._lost(job)
             for waiter in waiters:
                 waiter(failure)
+
+
+def _push(job: Job) -> None:
+    job.queue.push(job)
 
 
 def _logged_by_the_store(failure: Failure) -> None:

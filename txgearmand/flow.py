@@ -97,7 +97,13 @@ class JobFlow:
         self.guard = guard
         self.drain = drain
         self.durability = Durability(
-            store, output, self.finish, reactor, settings.store_slow_seconds, meters.store_latency
+            store,
+            output,
+            self.finish,
+            reactor,
+            settings.store_slow_seconds,
+            meters.store_latency,
+            self.enqueue,
         )
         self.schedule = Schedule(reactor, self.release_due)
         self.workers = Workers(reactor, settings, registry, output, self.take_back)

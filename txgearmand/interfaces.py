@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-__all__ = ["IJobStore", "IPeer", "StoredJob"]
+__all__ = ["Adoption", "IJobStore", "IPeer", "ISharedJobStore", "StoredJob"]
 
 
 class StoredJob(NamedTuple):
@@ -140,4 +140,43 @@ class IJobStore(Interface):
         Commit what is pending and close the storage.
 
         @return: a Deferred that fires when it is closed.
+        """
+
+
+class Adoption(NamedTuple):
+    """
+    What one L{ISharedJobStore.adopt} call found.
+
+    @ivar adopted: the jobs this node adopted from dead nodes, now its own
+        (in the store already, under new ids): queue them.
+    @ivar kept: C{None}, unless this node was found taken over (another
+        node adopted its jobs while it seemed dead): then the ids of the
+        stored jobs that are still its own.  Any other job it holds as
+        stored is no longer its to run or remove.
+    """
+
+    adopted: list[StoredJob]
+    kept: Optional[list[int]]
+
+
+class ISharedJobStore(IJobStore):
+    """
+    An L{IJobStore} that several job servers (nodes) share: each owns the
+    jobs it stored, proves it is alive, and adopts the jobs of the nodes
+    that have died.
+
+    The server calls L{adopt} every L{poll_interval} seconds once it has
+    loaded the store (one call at a time), queues the jobs adopted, and
+    drops the ones it lost.
+    """
+
+    node = Attribute("This server's node name (C{str}).")
+    poll_interval = Attribute("Seconds between L{adopt} calls (C{float}).")
+
+    def adopt() -> Deferred[Adoption]:
+        """
+        Say this node is alive; see whether it was taken over; adopt the
+        jobs of dead nodes, each job by exactly one node.
+
+        @return: a Deferred firing with an L{Adoption}.
         """

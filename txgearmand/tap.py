@@ -307,6 +307,14 @@ class GearmandOptions(usage.Options):
             "restarts. [default: the host's name and the first --port]",
         ],
         [
+            "takeover-after",
+            None,
+            10.0,
+            "In a PostgreSQL store several servers share: a server whose heartbeat "
+            "is this many seconds old is dead, and a live one adopts its jobs.",
+            _number(float, "takeover-after"),
+        ],
+        [
             "verbose",
             None,
             "INFO",
@@ -551,6 +559,10 @@ class GearmandOptions(usage.Options):
             store._kind(self["queue"])
         except ValueError as e:
             raise usage.UsageError(f"--queue: {e}") from None
+        if not self["takeover-after"] > 0:
+            raise usage.UsageError(
+                f"--takeover-after must be more than 0, not {self['takeover-after']}"
+            )
         for description in self["ports"]:
             problem = endpoint_problem(description)
             if problem is not None:
@@ -826,7 +838,11 @@ def makeService(options: GearmandOptions, reactor: Any = None) -> GearmandServic
         gc.set_threshold(50_000, 20, 20)
     node = options.get("node") or default_node(options["ports"])
     job_server = JobServer(
-        reactor, settings, store=store.store_from_url(reactor, options["queue"], node=node)
+        reactor,
+        settings,
+        store=store.store_from_url(
+            reactor, options["queue"], node=node, takeover_after=options.get("takeover-after", 10.0)
+        ),
     )
     top = GearmandService(job_server)
     job_server.setServiceParent(top)

@@ -68,13 +68,17 @@ def _kind(url: str) -> tuple[str, str]:
     raise ValueError(f"unknown job store {url!r}: use memory, sqlite:PATH or postgresql://...")
 
 
-def store_from_url(reactor: Any, url: str, node: str | None = None) -> IJobStore | None:
+def store_from_url(
+    reactor: Any, url: str, node: str | None = None, takeover_after: float = 10.0
+) -> IJobStore | None:
     """
     The store a URL names (C{None} for C{memory}: no store at all).
 
     @param node: this server's node name in a store several servers share
         (PostgreSQL; see L{txgearmand.store.postgresql}); C{None} for the
         store's default.
+    @param takeover_after: in such a store, a node silent this many seconds
+        is dead, and its jobs are adopted.
 
     @raise ValueError: for a URL of no known kind.
     """
@@ -87,7 +91,7 @@ def store_from_url(reactor: Any, url: str, node: str | None = None) -> IJobStore
         return SQLiteStore(reactor, where)
     from txgearmand.store.postgresql import PostgreSQLStore
 
-    return PostgreSQLStore(reactor, where, node=node)
+    return PostgreSQLStore(reactor, where, node=node, takeover_after=takeover_after)
 
 
 def check_store_url(url: str, early: bool = False) -> None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: txgearmand.test.test_store -*-
+# -*- test-case-name: txgearmand.test.test_store,txgearmand.test.test_shared_store -*-
 """
 A job store in PostgreSQL, through psycopg 3 (the C{postgresql} extra:
 C{pip install 'txgearmand[postgresql]'}), from a thread of its own with
@@ -8,22 +8,53 @@ Opened on a database that holds C gearmand's libpq queue (a table with C's
 columns, whatever C{--libpq-table} named it), it imports C's queued jobs
 first, once.
 
-Several servers, one database
-=============================
+B{Several servers, one database.} Any number of servers may share one
+database (and one table). Each is a I{node}: a name (C{--node}, by
+default the host's name and the first listening address: stable across
+restarts of the same server, different for two servers on one host, and
+nothing to keep on disk) registered in the table C{<table>_nodes} with
+an I{epoch}, bumped each time the node opens the store. Each job row
+records its C{owner} node and the owner's epoch; the primary key is
+C{(owner, id)}, so that every node numbers its jobs as it always did. A
+node loads, adds and removes only its own rows, and its removals name
+its epoch too (C{WHERE owner = me AND epoch = my_epoch}): rows adopted
+by another node, or reclaimed by a later start of the same node, are out
+of its reach. Opening claims the rows of the previous, single-server
+schema (and C gearmand's imported jobs), which have no owner: the first
+server to open them owns them.
 
-Any number of servers may share one database (and one table).  Each is a
-I{node}: a name (C{--node}, by default the host's name and the first
-listening address: stable across restarts of the same server, different
-for two servers on one host, and nothing to keep on disk) registered in
-the table C{<table>_nodes} with an I{epoch}, bumped each time the node
-opens the store.  Each job row records its C{owner} node and the owner's
-epoch; the primary key is C{(owner, id)}, so that every node numbers its
-jobs as it always did.  A node loads, adds and removes only its own rows,
-and its removals name its epoch too (C{WHERE owner = me AND epoch =
-my_epoch}): rows adopted by another node, or reclaimed by a later start
-of the same node, are out of its reach.  Opening claims the rows of the
-previous, single-server schema (and C gearmand's imported jobs), which
-have no owner: the first server to open them owns them.
+B{Liveness and takeover.} A node proves it is alive with a heartbeat:
+its row in C{<table>_nodes} gets the database's C{now()} about every
+second (L{PostgreSQLStore.adopt}, called by the server on a timer, run
+in the store's thread like every other statement). Chosen over a session
+advisory lock held on a connection of its own because:
+
+  - the time to takeover is bounded by C{--takeover-after} alone: a lock
+    is released only when PostgreSQL notices the connection is gone,
+    which for a host that vanished (no FIN, no RST) takes TCP keepalive's
+    minutes, and a stopped or wedged server keeps its lock for ever;
+  - a reconnection (PostgreSQL restarted, a network blip) loses a
+    session lock, and with it the node's jobs; a heartbeat row survives;
+  - it needs no second connection, works through a pooler in
+    transaction mode (which breaks session locks), and the row holds the
+    epoch used for fencing and shows operators which node beat last;
+  - only the database's clock is used, so the servers' clocks may differ.
+
+A live node looks, on the same timer, for nodes whose heartbeat is older
+than C{--takeover-after} and that still own jobs, and adopts each one's
+jobs in one transaction: it locks the dead node's row (C{FOR UPDATE SKIP
+LOCKED}, so that of two nodes adopting at once one skips it, and one that
+comes later finds no job left), bumps that node's epoch (its fence), and
+moves its rows to itself under new ids (negative, from the sequence
+C{<table>_adopted}, so that they never meet an id a node hands out), then
+queues them with new handles.
+
+B{Fencing.} A node that was taken over (a pause, a partition) and comes
+back finds its heartbeat refused (its epoch is no longer the row's).  It
+logs it, starts a new epoch and claims, in one transaction, the rows
+still its own (those it wrote after the adoption); the server drops
+every other job it held as stored: they run elsewhere.  Its removals of
+adopted rows touch nothing (they name it as owner, and its old epoch).
 """
 
 from __future__ import annotations
@@ -35,7 +66,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txgearmand import _log
-from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.interfaces import Adoption, ISharedJobStore, StoredJob
 from txgearmand.store import _cqueue
 from txgearmand.store._batch import Batch, ThreadedStore
 
@@ -271,7 +302,7 @@ def check_postgresql(conninfo: str, table: str = "txgearmand_jobs") -> None:
     _connect(conninfo, table).close()
 
 
-@implementer(IJobStore)
+@implementer(ISharedJobStore)
 class PostgreSQLStore(ThreadedStore):
     """
     An L{IJobStore} in a PostgreSQL table (default C{txgearmand_jobs}).
@@ -288,9 +319,12 @@ class PostgreSQLStore(ThreadedStore):
         conninfo: str,
         table: str = "txgearmand_jobs",
         node: str | None = None,
+        takeover_after: float = 10.0,
     ) -> None:
         """
         @param node: this server's node name (default: the host's name).
+        @param takeover_after: a node whose heartbeat is this many seconds
+            old is dead, and its jobs are adopted.
         """
         if not table.replace("_", "").isalnum():
             raise ValueError(f"not a table name: {table!r}")
@@ -300,6 +334,9 @@ class PostgreSQLStore(ThreadedStore):
         self.node = node if node else socket.gethostname()
         #: This node's epoch, from L{open} on.
         self.epoch = 0
+        self.takeover_after = float(takeover_after)
+        #: Seconds between heartbeats (and looks for dead nodes).
+        self.poll_interval = min(1.0, takeover_after / 3)
         self._conn: Any = None
 
     def open(self) -> Deferred[None]:
@@ -334,9 +371,128 @@ class PostgreSQLStore(ThreadedStore):
                 )
                 .fetchall()
             )
+            # Loading many jobs takes a while: a heartbeat, so that this
+            # node is not taken for dead before its first one.
+            self._conn.execute(
+                f"UPDATE {self.table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",
+                (self.node, self.epoch),
+            )
             return [StoredJob(*row) for row in rows]
 
         return self._run(select)
+
+    def adopt(self) -> Deferred[Adoption]:
+        return self._run(self._adopt)
+
+    def _adopt(self) -> Adoption:
+        conn = self._connection()
+        table = self.table
+        kept: list[int] | None = None
+        beat = conn.execute(
+            f"UPDATE {table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",
+            (self.node, self.epoch),
+        )
+        if beat.rowcount != 1:
+            kept = self._taken_over(conn)
+        dead = conn.execute(
+            f"SELECT n.name FROM {table}_nodes n"
+            " WHERE n.name <> %s AND n.heartbeat < now() - make_interval(secs => %s)"
+            f" AND EXISTS (SELECT 1 FROM {table} j WHERE j.owner = n.name)"
+            " ORDER BY n.heartbeat",
+            (self.node, self.takeover_after),
+        ).fetchall()
+        adopted: list[StoredJob] = []
+        for (name,) in dead:
+            adopted.extend(self._adopt_node(conn, name))
+        return Adoption(adopted, kept)
+
+    def _taken_over(self, conn: Any) -> list[int]:
+        """
+        This node's heartbeat was refused: another node adopted its jobs
+        (or the node was started again elsewhere).  Start a new epoch, and
+        keep the rows still this node's (written after the adoption).
+        """
+        table = self.table
+        old = self.epoch
+        with conn.transaction():
+            (epoch,) = conn.execute(
+                f"INSERT INTO {table}_nodes (name, epoch, heartbeat) VALUES (%s, 1, now())"
+                f" ON CONFLICT (name) DO UPDATE"
+                f" SET epoch = {table}_nodes.epoch + 1, heartbeat = now()"
+                " RETURNING epoch",
+                (self.node,),
+            ).fetchone()
+            kept = [
+                job_id
+                for (job_id,) in conn.execute(
+                    f"UPDATE {table} SET epoch = %s WHERE owner = %s AND epoch = %s RETURNING id",
+                    (epoch, self.node, old),
+                )
+            ]
+        self.epoch = int(epoch)
+        # The server says it once, with what it dropped (a warning).
+        log.info(
+            "Node {node} was taken over while it seemed dead (epoch {old}); it goes on"
+            " as epoch {epoch} with the {n} stored jobs still its own",
+            node=self.node,
+            old=old,
+            epoch=self.epoch,
+            n=len(kept),
+        )
+        return kept
+
+    def _adopt_node(self, conn: Any, name: str) -> list[StoredJob]:
+        """
+        Adopt a dead node's jobs in one transaction: its row locked (a
+        node adopting it at the same time skips it), its epoch bumped
+        (fenced), its jobs moved to this node under new ids.
+        """
+        table = self.table
+        with conn.transaction():
+            row = conn.execute(
+                f"SELECT epoch FROM {table}_nodes WHERE name = %s"
+                " AND heartbeat < now() - make_interval(secs => %s)"
+                " FOR UPDATE SKIP LOCKED",
+                (name, self.takeover_after),
+            ).fetchone()
+            if row is None:
+                return []
+            conn.execute(f"UPDATE {table}_nodes SET epoch = epoch + 1 WHERE name = %s", (name,))
+            old_ids = [
+                job_id
+                for (job_id,) in conn.execute(
+                    f"SELECT id FROM {table} WHERE owner = %s ORDER BY id FOR UPDATE", (name,)
+                )
+            ]
+            if not old_ids:
+                return []
+            # New ids in the old order: negative, from a sequence no node
+            # numbers its own jobs from.
+            taken = sorted(
+                n
+                for (n,) in conn.execute(
+                    f"SELECT nextval('{table}_adopted') FROM generate_series(1, %s)",
+                    (len(old_ids),),
+                )
+            )
+            new_ids = [-n for n in reversed(taken)]
+            rows = conn.execute(
+                f"UPDATE {table} j SET owner = %s, epoch = %s, id = m.new"
+                " FROM unnest(%s::bigint[], %s::bigint[]) AS m(old, new)"
+                f" WHERE j.owner = %s AND j.id = m.old"
+                f" RETURNING {', '.join('j.' + c for c in _COLUMNS.split(', '))}",
+                (self.node, self.epoch, old_ids, new_ids, name),
+            ).fetchall()
+        jobs = sorted((StoredJob(*row) for row in rows), key=lambda job: job.id)
+        log.info(
+            "Node {node} adopted {n} stored jobs of node {dead}, dead (no heartbeat for"
+            " {seconds} s)",
+            node=self.node,
+            n=len(jobs),
+            dead=name,
+            seconds=self.takeover_after,
+        )
+        return jobs
 
     def _write(self, batch: Batch) -> None:
         try:

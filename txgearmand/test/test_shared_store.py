@@ -1,19 +1,31 @@
 """
 Several servers on one PostgreSQL database: each store (a node) owns the
 jobs it accepted, on a real PostgreSQL server (skipped, saying why, when
-none can be had).
+none can be had); and how the job server uses a shared store's adoptions
+(with a fake store).
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from txgearmand.interfaces import StoredJob
+from txgearmand.interfaces import Adoption, ISharedJobStore, StoredJob
+from txgearmand.server import JobServer
+from txgearmand.store import MemoryStore
 from txgearmand.store.postgresql import PostgreSQLStore
-from txgearmand.test import _postgres
+from txgearmand.test import _postgres, _process
+from txgearmand.test.helpers import FakeConnection
+from txgearmand.test.test_crash import RawWorker
+from txgearmand.wire import PacketType as P
 
 # The previous schema: one server per table, the key on id alone.
 _OLD_SCHEMA = """
@@ -126,3 +138,249 @@ class OwnershipTests(_SharedTestsMixin):
         await a.remove_many([1])
         self.assertEqual(await a.load(), [job(2)])
         self.assertEqual(await b.load(), [job(1, b"g")])
+
+
+def payloads(jobs: list[StoredJob]) -> list[bytes]:
+    return sorted(job.payload for job in jobs)
+
+
+class TakeoverTests(_SharedTestsMixin):
+    """
+    A live node adopts a dead node's jobs, each exactly once; the dead
+    node, back, is fenced.
+    """
+
+    def age(self, name: str) -> None:
+        """
+        Make a node's heartbeat an hour old: dead to any takeover time.
+        """
+        self.sql(
+            "UPDATE txgearmand_jobs_nodes SET heartbeat = now() - interval '1 hour'"
+            " WHERE name = %s",
+            name,
+        )
+
+    async def test_adopts_after_heartbeats_stop(self) -> None:
+        """
+        Node B adopts node A's jobs once A has not beaten for the takeover
+        time, and not before; they are B's from then on, under new ids.
+        """
+        a = await self.node("a", takeover_after=0.5)
+        b = await self.node("b", takeover_after=0.5)
+        await a.add_many([job(1), job(2), job(3)])
+        await b.add_many([job(1, b"g")])
+        self.assertEqual(await b.adopt(), ([], None))
+        await deferLater(reactor, 0.2, lambda: None)
+        await a.adopt()  # a heartbeat: alive still
+        await deferLater(reactor, 0.4, lambda: None)
+        self.assertEqual((await b.adopt()).adopted, [])
+        await deferLater(reactor, 0.5, lambda: None)
+        adoption = await b.adopt()
+        self.assertIsNone(adoption.kept)
+        self.assertEqual(payloads(adoption.adopted), payloads([job(1), job(2), job(3)]))
+        self.assertEqual([j.payload for j in adoption.adopted], [b"data 1", b"data 2", b"data 3"])
+        self.assertTrue(all(j.id < 0 for j in adoption.adopted))
+        self.assertEqual(await b.load(), [*adoption.adopted, job(1, b"g")])
+        self.assertEqual((await b.adopt()).adopted, [])
+        # B removes an adopted job by its new id.
+        await b.remove_many([adoption.adopted[0].id])
+        self.assertEqual(len(await b.load()), 3)
+
+    async def test_fencing(self) -> None:
+        """
+        A node taken over cannot remove the adopted jobs; on its next
+        heartbeat it learns it was taken over, says so, and keeps only the
+        jobs it stored after the adoption.
+        """
+        a = await self.node("a", takeover_after=5)
+        b = await self.node("b", takeover_after=5)
+        await a.add_many([job(1), job(2)])
+        self.age("a")
+        adopted = (await b.adopt()).adopted
+        self.assertEqual(len(adopted), 2)
+        await a.remove_many([1, 2])
+        await a.add_many([job(3)])
+        self.assertEqual(await b.load(), adopted)
+        epoch = a.epoch
+        adoption = await a.adopt()
+        self.assertEqual(adoption, ([], [3]))
+        self.assertGreater(a.epoch, epoch)
+        self.assertEqual(await a.load(), [job(3)])
+        await a.remove_many([3])
+        self.assertEqual(await a.load(), [])
+        self.assertEqual(await b.load(), adopted)
+        # Alive again: its heartbeats are taken, nothing more is lost.
+        self.assertEqual(await a.adopt(), ([], None))
+
+    async def test_race(self) -> None:
+        """
+        Two nodes adopting the same dead node at once: each job is adopted
+        by exactly one of them, time after time.
+        """
+        b = await self.node("b", takeover_after=5)
+        c = await self.node("c", takeover_after=5)
+        from twisted.internet.defer import gatherResults
+
+        for n in range(20):
+            name = f"dead{n}"
+            dead = await self.node(name)
+            jobs = [job(i) for i in range(1, 31)]
+            await dead.add_many(jobs)
+            await dead.close()
+            self.age(name)
+            one, other = await gatherResults([b.adopt(), c.adopt()])
+            got = one.adopted + other.adopted
+            self.assertEqual(payloads(got), payloads(jobs), f"round {n}")
+        self.assertEqual(len(await b.load()) + len(await c.load()), 20 * 30)
+        self.assertEqual(
+            self.sql("SELECT count(*) FROM txgearmand_jobs WHERE owner NOT IN ('b', 'c')"),
+            [(0,)],
+        )
+
+
+@implementer(ISharedJobStore)
+class FakeSharedStore(MemoryStore):
+    """
+    A memory store whose adoptions the test scripts.
+    """
+
+    node = "me"
+    poll_interval = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adoptions: list[Adoption] = []
+        self.calls = 0
+
+    def adopt(self) -> Deferred[Adoption]:
+        self.calls += 1
+        if self.adoptions:
+            return succeed(self.adoptions.pop(0))
+        return succeed(Adoption([], None))
+
+
+class SharedDurabilityTests(SynchronousTestCase):
+    """
+    The job server polls a shared store: it queues adopted jobs, and drops
+    those it lost when taken over.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FakeSharedStore()
+        self.server = JobServer(self.clock, store=self.store, job_handle_prefix=b"H:me")
+        self.server.startService()
+
+    def test_interface(self) -> None:
+        """
+        The PostgreSQL store is a shared store.
+        """
+        verifyObject(ISharedJobStore, PostgreSQLStore(reactor, "postgresql://u@h/db", node="n"))
+
+    def test_polls_and_queues_adopted(self) -> None:
+        """
+        Every poll interval the store is asked; adopted jobs are queued
+        under new handles of this server, and a worker gets them.
+        """
+        self.assertEqual(self.store.calls, 0)
+        self.clock.advance(1)
+        self.assertEqual(self.store.calls, 1)
+        worker = FakeConnection(self.server).can_do(b"f")
+        worker.send(P.PRE_SLEEP)
+        adopted = StoredJob(-5, b"H:other:7", b"f", b"u", b"adopted", 1, None, b"")
+        self.store.adoptions.append(Adoption([adopted], None))
+        self.clock.advance(1)
+        (job,) = self.server.jobs()
+        self.assertEqual(job.handle, b"H:me:1")
+        self.assertEqual(job.store_id, -5)
+        self.assertEqual(worker.packets(), [(P.NOOP, ())])
+        self.assertEqual(worker.grab(), (P.JOB_ASSIGN_UNIQ, (b"H:me:1", b"f", b"u", b"adopted")))
+        worker.send(P.WORK_COMPLETE, b"H:me:1", b"")
+        self.clock.advance(0)
+        self.assertEqual(self.server.jobs(), [])
+
+    def test_taken_over(self) -> None:
+        """
+        Taken over, the server drops the stored jobs not kept, queued or
+        running, without removing them from the store; the running one's
+        late result is dropped quietly; kept jobs stay.
+        """
+        client = FakeConnection(self.server)
+        running = client.submit(b"f", b"one", ptype=P.SUBMIT_JOB_BG)
+        client.submit(b"f", b"two", ptype=P.SUBMIT_JOB_BG)
+        kept = client.submit(b"f", b"three", ptype=P.SUBMIT_JOB_BG)
+        worker = FakeConnection(self.server).can_do(b"f")
+        self.assertEqual(worker.grab()[1][0], running)
+        ids = {job.handle: job.store_id or 0 for job in self.server.jobs()}
+        self.store.adoptions.append(Adoption([], [ids[kept]]))
+        self.clock.advance(1)
+        self.assertEqual([job.handle for job in self.server.jobs()], [kept])
+        self.assertEqual(len(self.store.jobs), 3)
+        worker.packets()
+        worker.send(P.WORK_COMPLETE, running, b"late")
+        self.clock.advance(0)
+        self.assertEqual(worker.packets(), [])
+        self.assertEqual(len(self.store.jobs), 3)
+        self.assertEqual(worker.grab()[1][0], kept)
+
+    def test_stop(self) -> None:
+        """
+        Stopping ends the polling.
+        """
+        self.clock.advance(1)
+        self.server.stopService()
+        self.clock.advance(0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class TwoServersTests(SynchronousTestCase):
+    """
+    Two real C{twistd gearmand} on one PostgreSQL database.
+    """
+
+    def test_kill_one(self) -> None:
+        """
+        One server is killed (SIGKILL) with acknowledged jobs queued: the
+        other runs them, each once, after the takeover time; restarted,
+        the killed one has none of them left (fenced).
+        """
+        try:
+            url = _postgres.fresh_database()
+        except _postgres.Unavailable as e:
+            raise SkipTest(str(e)) from None
+        servers = []
+        for name in ("a", "b"):
+            workdir = Path(self.mktemp()).resolve() / name
+            workdir.mkdir(parents=True)
+            server = _process.twistd_gearmand(workdir, f"--queue={url}", "--takeover-after=1")
+            self.addCleanup(server.kill)
+            servers.append(server.start())
+        a, b = servers
+        expected = []
+        for server, prefix, n in ((a, b"a", 50), (b, b"b", 5)):
+            conn = _process.PacketConnection(server.port)
+            for i in range(n):
+                payload = b"%s-%d" % (prefix, i)
+                conn.send(P.SUBMIT_JOB_BG, b"shared", b"", payload)
+                conn.expect(P.JOB_CREATED)
+                expected.append(payload)
+            conn.close()
+        a.kill()
+        worker = RawWorker(b.port, b"shared")
+        self.addCleanup(worker.close)
+        done: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(done) < len(expected) and time.monotonic() < deadline:
+            job = worker.grab()
+            if job is None:
+                time.sleep(0.1)
+                continue
+            done.append(job[1])
+            worker.complete(job[0])
+        self.assertEqual(sorted(done), sorted(expected), b.log()[-3000:])
+        self.assertIn("adopted 50 stored jobs", b.log())
+        again = _process.Server(a.argv, a.port, a.log_path, a.cwd)
+        self.addCleanup(again.kill)
+        again.start()
+        self.assertEqual(_process.admin(again.port, b"status"), b".\n")
+        self.assertEqual(again.stop(), -15)

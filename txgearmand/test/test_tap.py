@@ -210,6 +210,32 @@ class MakeServiceTests(SynchronousTestCase):
         memory = tap.makeService(options("--queue=memory"), MemoryReactorClock())
         self.assertIsNone(memory.job_server.store)
 
+    def test_node_and_takeover(self) -> None:
+        """
+        C{--node} and C{--takeover-after} reach a PostgreSQL store; the
+        node's default is the host's name and the first port.
+        """
+        import socket
+
+        from txgearmand.store.postgresql import PostgreSQLStore
+
+        url = "--queue=postgresql://u@h/db"
+        service = tap.makeService(
+            options("--port=4731", url, "--node=n1", "--takeover-after=3"), MemoryReactorClock()
+        )
+        store = service.job_server.store
+        assert isinstance(store, PostgreSQLStore)
+        self.assertEqual((store.node, store.takeover_after), ("n1", 3.0))
+        service = tap.makeService(options("--port=4731", url), MemoryReactorClock())
+        store = service.job_server.store
+        assert isinstance(store, PostgreSQLStore)
+        self.assertEqual(store.node, socket.gethostname() + "/tcp:4731")
+        self.assertEqual(store.takeover_after, 10.0)
+        for bad in ("0", "-1", "soon"):
+            with self.assertRaises(UsageError) as raised:
+                options(f"--takeover-after={bad}")
+            self.assertIn("--takeover-after", str(raised.exception))
+
     def test_store_cannot_open(self) -> None:
         """
         A store that cannot be opened stops the start with a message.
