@@ -7,6 +7,8 @@ none can be had); and how the job server uses a shared store's adoptions
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -338,11 +340,9 @@ class TwoServersTests(SynchronousTestCase):
     Two real C{twistd gearmand} on one PostgreSQL database.
     """
 
-    def test_kill_one(self) -> None:
+    def start_two(self) -> tuple[_process.Server, _process.Server]:
         """
-        One server is killed (SIGKILL) with acknowledged jobs queued: the
-        other runs them, each once, after the takeover time; restarted,
-        the killed one has none of them left (fenced).
+        Two servers on a fresh database, taking over after 1 s.
         """
         try:
             url = _postgres.fresh_database()
@@ -355,28 +355,73 @@ class TwoServersTests(SynchronousTestCase):
             server = _process.twistd_gearmand(workdir, f"--queue={url}", "--takeover-after=1")
             self.addCleanup(server.kill)
             servers.append(server.start())
-        a, b = servers
-        expected = []
-        for server, prefix, n in ((a, b"a", 50), (b, b"b", 5)):
-            conn = _process.PacketConnection(server.port)
-            for i in range(n):
-                payload = b"%s-%d" % (prefix, i)
-                conn.send(P.SUBMIT_JOB_BG, b"shared", b"", payload)
-                conn.expect(P.JOB_CREATED)
-                expected.append(payload)
-            conn.close()
-        a.kill()
-        worker = RawWorker(b.port, b"shared")
+        return servers[0], servers[1]
+
+    def submit(self, server: _process.Server, prefix: bytes, n: int) -> list[bytes]:
+        """
+        Submit background jobs, each acknowledged; their payloads.
+        """
+        conn = _process.PacketConnection(server.port)
+        payloads = []
+        for i in range(n):
+            payload = b"%s-%d" % (prefix, i)
+            conn.send(P.SUBMIT_JOB_BG, b"shared", b"", payload)
+            conn.expect(P.JOB_CREATED)
+            payloads.append(payload)
+        conn.close()
+        return payloads
+
+    def work(self, server: _process.Server, n: int) -> list[bytes]:
+        """
+        Run jobs on a server until C{n} are done (or 30 s pass).
+        """
+        worker = RawWorker(server.port, b"shared")
         self.addCleanup(worker.close)
         done: list[bytes] = []
         deadline = time.monotonic() + 30
-        while len(done) < len(expected) and time.monotonic() < deadline:
+        while len(done) < n and time.monotonic() < deadline:
             job = worker.grab()
             if job is None:
                 time.sleep(0.1)
                 continue
             done.append(job[1])
             worker.complete(job[0])
+        return done
+
+    def test_paused_and_back(self) -> None:
+        """
+        A server paused (SIGSTOP) past the takeover time has its jobs run
+        by the other; resumed, it says once that it was taken over, and
+        has none of them left to run.
+        """
+        a, b = self.start_two()
+        expected = self.submit(a, b"a", 20)
+        assert a.process is not None
+        os.kill(a.process.pid, signal.SIGSTOP)
+        try:
+            done = self.work(b, len(expected))
+        finally:
+            os.kill(a.process.pid, signal.SIGCONT)
+        self.assertEqual(sorted(done), sorted(expected), b.log()[-3000:])
+        deadline = time.monotonic() + 10
+        while "dropped here" not in a.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(a.log().count("dropped here"), 1, a.log()[-3000:])
+        self.assertEqual(_process.admin(a.port, b"status"), b".\n")
+        worker = RawWorker(a.port, b"shared")
+        self.addCleanup(worker.close)
+        self.assertIsNone(worker.grab())
+
+    def test_kill_one(self) -> None:
+        """
+        One server is killed (SIGKILL) with acknowledged jobs queued: the
+        other runs them, each once, after the takeover time; restarted,
+        the killed one has none of them left (fenced).
+        """
+        a, b = self.start_two()
+        expected = self.submit(a, b"a", 50) + self.submit(b, b"b", 5)
+        a.kill()
+        done = self.work(b, len(expected))
         self.assertEqual(sorted(done), sorted(expected), b.log()[-3000:])
         self.assertIn("adopted 50 stored jobs", b.log())
         again = _process.Server(a.argv, a.port, a.log_path, a.cwd)
