@@ -63,6 +63,7 @@ class Durability:
         slow_seconds: float = 0.0,
         latency: Histogram | None = None,
         enqueue: Callable[[Job], None] | None = None,
+        may_adopt: Callable[[], bool] | None = None,
     ) -> None:
         """
         @param batch: the server's output batch: writes go to the store
@@ -77,6 +78,8 @@ class Durability:
         @param latency: where each write's duration is counted.
         @param enqueue: queues a job adopted from a dead server and wakes
             its sleeping workers (without it, the job is only queued).
+        @param may_adopt: whether the server may adopt dead servers' jobs
+            now (not while it drains to stop); without it, always.
         """
         self.store = store
         self.ready = store is None
@@ -105,6 +108,7 @@ class Durability:
         self._adopt_failing = False
         self._model: tuple[JobTable, FunctionRegistry, Schedule] | None = None
         self._enqueue = enqueue
+        self._may_adopt = may_adopt
 
     # -- start and stop -------------------------------------------------
 
@@ -204,7 +208,8 @@ class Durability:
     def _adopt(self) -> None:
         self.adopt_timer = None
         store: Any = self.store
-        d: Deferred[Any] = maybeDeferred(store.adopt)
+        take = self._may_adopt is None or self._may_adopt()
+        d: Deferred[Any] = maybeDeferred(store.adopt, take)
         self._adopting = d
         d.addCallback(self._adopted)
         d.addBoth(self._adopt_done)

@@ -104,12 +104,17 @@ class JobFlow:
             settings.store_slow_seconds,
             meters.store_latency,
             self.enqueue,
+            self._may_adopt,
         )
         self.schedule = Schedule(reactor, self.release_due)
         self.workers = Workers(reactor, settings, registry, output, self.take_back)
         self._output = output
         self.jobs_accepted = 0
         self.jobs_ended = 0
+
+    def _may_adopt(self) -> bool:
+        # A server draining to stop takes no more jobs from dead servers.
+        return not self.drain.draining
 
     # -- submit ---------------------------------------------------------
 

@@ -173,10 +173,12 @@ class ISharedJobStore(IJobStore):
     node = Attribute("This server's node name (C{str}).")
     poll_interval = Attribute("Seconds between L{adopt} calls (C{float}).")
 
-    def adopt() -> Deferred[Adoption]:
+    def adopt(take: bool = True) -> Deferred[Adoption]:
         """
         Say this node is alive; see whether it was taken over; adopt the
         jobs of dead nodes, each job by exactly one node.
 
+        @param take: C{False}: adopt nothing (the server is draining to
+            stop), only say it is alive and see whether it was taken over.
         @return: a Deferred firing with an L{Adoption}.
         """

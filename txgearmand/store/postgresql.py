@@ -381,10 +381,10 @@ class PostgreSQLStore(ThreadedStore):
 
         return self._run(select)
 
-    def adopt(self) -> Deferred[Adoption]:
-        return self._run(self._adopt)
+    def adopt(self, take: bool = True) -> Deferred[Adoption]:
+        return self._run(self._adopt, take)
 
-    def _adopt(self) -> Adoption:
+    def _adopt(self, take: bool = True) -> Adoption:
         conn = self._connection()
         table = self.table
         kept: list[int] | None = None
@@ -394,6 +394,8 @@ class PostgreSQLStore(ThreadedStore):
         )
         if beat.rowcount != 1:
             kept = self._taken_over(conn)
+        if not take:
+            return Adoption([], kept)
         dead = conn.execute(
             f"SELECT n.name FROM {table}_nodes n"
             " WHERE n.name <> %s AND n.heartbeat < now() - make_interval(secs => %s)"

@@ -198,6 +198,8 @@ class TakeoverTests(_SharedTestsMixin):
         b = await self.node("b", takeover_after=5)
         await a.add_many([job(1), job(2)])
         self.age("a")
+        # Draining to stop: nothing is taken.
+        self.assertEqual(await b.adopt(take=False), ([], None))
         adopted = (await b.adopt()).adopted
         self.assertEqual(len(adopted), 2)
         await a.remove_many([1, 2])
@@ -253,9 +255,11 @@ class FakeSharedStore(MemoryStore):
         super().__init__()
         self.adoptions: list[Adoption] = []
         self.calls = 0
+        self.takes: list[bool] = []
 
-    def adopt(self) -> Deferred[Adoption]:
+    def adopt(self, take: bool = True) -> Deferred[Adoption]:
         self.calls += 1
+        self.takes.append(take)
         if self.adoptions:
             return succeed(self.adoptions.pop(0))
         return succeed(Adoption([], None))
@@ -324,6 +328,20 @@ class SharedDurabilityTests(SynchronousTestCase):
         self.assertEqual(worker.packets(), [])
         self.assertEqual(len(self.store.jobs), 3)
         self.assertEqual(worker.grab()[1][0], kept)
+
+    def test_not_while_draining(self) -> None:
+        """
+        A server draining to stop still proves it is alive, but adopts
+        nothing.
+        """
+        worker = FakeConnection(self.server).can_do(b"f")
+        client = FakeConnection(self.server)
+        handle = client.submit(b"f", b"one", ptype=P.SUBMIT_JOB_BG)
+        self.assertEqual(worker.grab()[1][0], handle)
+        self.clock.advance(1)
+        self.server.shutdown(graceful=True)
+        self.clock.advance(1)
+        self.assertEqual(self.store.takes, [True, False])
 
     def test_stop(self) -> None:
         """
