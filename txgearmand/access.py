@@ -61,6 +61,7 @@ __all__ = [
     "PeerIdentity",
     "identity_of",
     "identity_of_peer",
+    "is_local_address",
     "parse_fingerprint",
 ]
 
@@ -111,6 +112,24 @@ class IIdentifiedPeer(Interface):
         """
         Who the peer is now.
         """
+
+
+def is_local_address(address: object) -> bool:
+    """
+    Whether a peer address is on this host: the loopback (IPv4, IPv6, or
+    IPv4 on IPv6) or a UNIX socket.
+    """
+    if isinstance(address, UNIXAddress):
+        return True
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        try:
+            ip = ipaddress.ip_address(address.host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.is_loopback
+        return ip.is_loopback
+    return False
 
 
 def identity_of(transport: object, address: object = None) -> PeerIdentity:

@@ -153,7 +153,7 @@ class JobFlow:
                     self._submitted(client)
                 job.queue.counts[SUBMITTED_BG if background else SUBMITTED_FG] += 1
                 if _log.debugging:
-                    self._debug_submit(job, client, len(data), background, "joined")
+                    _debug_submit(self, job, client, len(data), background, "joined")
                 return job
         table = self.table
         # Fast path: under the guard's alarm, the budget costs one sum.
@@ -196,7 +196,7 @@ class JobFlow:
             self._submitted(client)
         # Fast path: a disabled DEBUG level costs one attribute read.
         if _log.debugging:
-            self._debug_submit(job, client, len(data), background, "submitted")
+            _debug_submit(self, job, client, len(data), background, "submitted")
         if when is not None and when > self.reactor.seconds():
             self.schedule.add(job)
         else:
@@ -207,23 +207,7 @@ class JobFlow:
         # Counted once accepted: a refused submission is not one.
         client.jobs_submitted += 1
         if not client.roles & CLIENT:
-            self._new_role(client, CLIENT)
-
-    def _debug_submit(
-        self, job: Job, client: Participant | None, size: int, background: bool, how: str
-    ) -> None:
-        self.log.debug(
-            "Job {handle} ({function}) {how} by {client}: unique {unique}, {size} bytes,"
-            " {priority} priority, {kind}",
-            handle=text(job.handle),
-            function=text(job.queue.name),
-            how=how,
-            client=client.describe() if client is not None else "code",
-            unique=text(job.unique) or "-",
-            size=size,
-            priority=("high", "normal", "low")[job.priority],
-            kind="background" if background else "foreground",
-        )
+            _new_role(self, client, CLIENT)
 
     def enqueue(self, job: Job) -> None:
         """
@@ -257,7 +241,7 @@ class JobFlow:
         if not n:
             return None
         if not worker.roles & WORKER:
-            self._new_role(worker, WORKER)
+            _new_role(self, worker, WORKER)
         start = worker.next_function
         for priority in (HIGH, NORMAL, LOW):
             for i in range(n):
@@ -290,24 +274,8 @@ class JobFlow:
         A worker sent PRE_SLEEP (see L{Workers.sleep}).
         """
         if worker.ability_list and not worker.roles & WORKER:
-            self._new_role(worker, WORKER)
+            _new_role(self, worker, WORKER)
         self.workers.sleep(worker)
-
-    def _new_role(self, participant: Participant, role: int) -> None:
-        participant.roles |= role
-        if role == WORKER:
-            self.log.info(
-                "Worker {peer} ({id}) can do {functions}",
-                peer=participant.describe(),
-                id=text(participant.client_id),
-                functions=", ".join(text(fq.name) for fq in participant.ability_list),
-            )
-        else:
-            self.log.info(
-                "Client {peer} ({id}) submits jobs",
-                peer=participant.describe(),
-                id=text(participant.client_id),
-            )
 
     def left(self, participant: Participant) -> None:
         """
@@ -584,6 +552,40 @@ class JobFlow:
     def _ran(self, job: Job) -> None:
         assert job.started is not None
         self.meters.run_time.observe(self.reactor.seconds() - job.started)
+
+
+def _debug_submit(
+    self: JobFlow, job: Job, client: Participant | None, size: int, background: bool, how: str
+) -> None:
+    self.log.debug(
+        "Job {handle} ({function}) {how} by {client}: unique {unique}, {size} bytes,"
+        " {priority} priority, {kind}",
+        handle=text(job.handle),
+        function=text(job.queue.name),
+        how=how,
+        client=client.describe() if client is not None else "code",
+        unique=text(job.unique) or "-",
+        size=size,
+        priority=("high", "normal", "low")[job.priority],
+        kind="background" if background else "foreground",
+    )
+
+
+def _new_role(self: JobFlow, participant: Participant, role: int) -> None:
+    participant.roles |= role
+    if role == WORKER:
+        self.log.info(
+            "Worker {peer} ({id}) can do {functions}",
+            peer=participant.describe(),
+            id=text(participant.client_id),
+            functions=", ".join(text(fq.name) for fq in participant.ability_list),
+        )
+    else:
+        self.log.info(
+            "Client {peer} ({id}) submits jobs",
+            peer=participant.describe(),
+            id=text(participant.client_id),
+        )
 
 
 def cancel_timer(job: Job) -> None:

@@ -41,6 +41,7 @@ from zope.interface import implementer, provider
 
 from txgearmand import _direct, _log
 from txgearmand._version import __version__
+from txgearmand.access import is_local_address
 from txgearmand.guard import SMALL_PARTIAL
 from txgearmand.interfaces import IPeer
 from txgearmand.job import HIGH, LOW, NORMAL
@@ -514,14 +515,7 @@ class SubmitRequest(http.Request):
         """
         Whether the client is on this host: loopback or a UNIX socket.
         """
-        peer = self.client
-        if isinstance(peer, UNIXAddress):
-            return True
-        if isinstance(peer, IPv4Address):
-            return peer.host.startswith("127.")
-        if isinstance(peer, IPv6Address):
-            return peer.host in ("::1", "0:0:0:0:0:0:0:1") or peer.host.startswith("::ffff:127.")
-        return False
+        return is_local_address(self.client)
 
     def __repr__(self) -> str:
         return f"<SubmitRequest {self.describe()} {_text(self.method)} {_text(self.uri)}>"

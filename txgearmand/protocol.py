@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txgearmand import _direct, _log, admin, wire
-from txgearmand.access import IIdentifiedPeer, PeerIdentity, identity_of
+from txgearmand.access import IIdentifiedPeer, PeerIdentity, identity_of, is_local_address
 from txgearmand.interfaces import IPeer
 from txgearmand.job import HIGH, LOW, NORMAL, Job, JobState
 from txgearmand.records import Participant
@@ -163,12 +163,12 @@ class GearmanProtocol(Protocol):
                 try:
                     _HANDLERS[ptype](self, body)
                 except GearmanError as e:
-                    self._refused(ptype, e)
+                    _refused(self, ptype, e)
                 except Exception:
-                    self._internal_error(ptype)
+                    _internal_error(self, ptype)
             if parser.error is not None:
                 if not self.closed:
-                    self._framing_error(parser.error)
+                    _framing_error(self, parser.error)
             elif self._reserved or parser.held:
                 # Fast path: a read that ends where a message ends, after
                 # one that did too, never reaches the guard.
@@ -363,7 +363,7 @@ class GearmanProtocol(Protocol):
                     )
                 )
                 assert parser.error is not None
-                self._framing_error(parser.error)
+                _framing_error(self, parser.error)
                 return
         else:
             guard.unreserve(old - size)
@@ -492,14 +492,7 @@ class GearmanProtocol(Protocol):
         """
         Whether the peer is on this host: loopback or a UNIX socket.
         """
-        peer = self._peer
-        if isinstance(peer, UNIXAddress):
-            return True
-        if isinstance(peer, IPv4Address):
-            return peer.host.startswith("127.")
-        if isinstance(peer, IPv6Address):
-            return peer.host in ("::1", "0:0:0:0:0:0:0:1") or peer.host.startswith("::ffff:127.")
-        return False
+        return is_local_address(self._peer)
 
     def identity(self) -> PeerIdentity:
         """
@@ -510,46 +503,6 @@ class GearmanProtocol(Protocol):
         return identity_of(self.transport, self._peer)
 
     # -- errors ---------------------------------------------------------
-
-    def _refused(self, ptype: int, error: GearmanError) -> None:
-        self._refusals += 1
-        n = self._refusals
-        # A peer that keeps sending what is refused gets the first lines,
-        # then one per thousand: the log does not grow a line per packet.
-        if n <= _LOGGED_REFUSALS or not n % 1000:
-            self.log.info(
-                "Refused {request} from {peer}: {code} {text}{more}",
-                request=_name(ptype),
-                peer=self.describe(),
-                code=error.code.decode("ascii", "replace"),
-                text=error.text.decode("utf-8", "replace"),
-                refusals=n,
-                more=(
-                    f" ({n} refusals on this connection; one in 1000 is logged)"
-                    if n > _LOGGED_REFUSALS
-                    else ""
-                ),
-            )
-        self.send_error(error.code, error.text)
-
-    def _internal_error(self, ptype: int) -> None:
-        self.log.failure(
-            "Handling packet type {ptype} from {peer} failed", ptype=ptype, peer=self.describe()
-        )
-        self.send_error(b"SERVER_ERROR", b"Internal server error")
-
-    def _framing_error(self, error: wire.WireError) -> None:
-        self.log.info(
-            "Closing {peer}: {code} {text}",
-            peer=self.describe(),
-            code=error.code.decode("ascii", "replace"),
-            text=error.text.decode("ascii", "replace"),
-        )
-        if error.text_line:
-            self.send_raw(b"ERR %s %s\r\n" % (error.code, error.text.replace(b" ", b"+")))
-        else:
-            self.send_error(error.code, error.text)
-        self.close()
 
     def _submit(
         self,
@@ -568,6 +521,49 @@ class GearmanProtocol(Protocol):
             self.send_packet(_JOB_CREATED, job.handle)
         else:
             self.reply_when_committed(job)
+
+
+def _refused(self: GearmanProtocol, ptype: int, error: GearmanError) -> None:
+    self._refusals += 1
+    n = self._refusals
+    # A peer that keeps sending what is refused gets the first lines,
+    # then one per thousand: the log does not grow a line per packet.
+    if n <= _LOGGED_REFUSALS or not n % 1000:
+        self.log.info(
+            "Refused {request} from {peer}: {code} {text}{more}",
+            request=_name(ptype),
+            peer=self.describe(),
+            code=error.code.decode("ascii", "replace"),
+            text=error.text.decode("utf-8", "replace"),
+            refusals=n,
+            more=(
+                f" ({n} refusals on this connection; one in 1000 is logged)"
+                if n > _LOGGED_REFUSALS
+                else ""
+            ),
+        )
+    self.send_error(error.code, error.text)
+
+
+def _internal_error(self: GearmanProtocol, ptype: int) -> None:
+    self.log.failure(
+        "Handling packet type {ptype} from {peer} failed", ptype=ptype, peer=self.describe()
+    )
+    self.send_error(b"SERVER_ERROR", b"Internal server error")
+
+
+def _framing_error(self: GearmanProtocol, error: wire.WireError) -> None:
+    self.log.info(
+        "Closing {peer}: {code} {text}",
+        peer=self.describe(),
+        code=error.code.decode("ascii", "replace"),
+        text=error.text.decode("ascii", "replace"),
+    )
+    if error.text_line:
+        self.send_raw(b"ERR %s %s\r\n" % (error.code, error.text.replace(b" ", b"+")))
+    else:
+        self.send_error(error.code, error.text)
+    self.close()
 
 
 #: Refusals logged per connection before only every 1000th is.

@@ -214,27 +214,7 @@ class JobServer(Service):
         self.guard.start()
         self._stats.start()
         _log.set_level(self.settings.verbose)
-        s = self.settings
-        self.log.info(
-            "txgearmand job server started (wakeup={wakeup}, wakeup_delay={delay},"
-            " job_retries={retries}, store={store})",
-            wakeup=s.wakeup,
-            delay=s.wakeup_delay,
-            retries=s.job_retries,
-            store=type(self.store).__name__ if self.store is not None else "none",
-        )
-        self.log.info(
-            "Limits: memory budget {memory}, output hard {hard} / soft {soft} for {soft_s} s,"
-            " read timeout {read} s, keep-alive {keepalive} s, connections {connections}"
-            " (0: none)",
-            memory=s.max_memory,
-            hard=s.output_hard_limit,
-            soft=s.output_soft_limit,
-            soft_s=s.output_soft_seconds,
-            read=s.read_timeout,
-            keepalive=s.tcp_keepalive,
-            connections=s.max_connections,
-        )
+        _log_start(self)
         if self.durability.ready:
             self.durability.set_ready()
             return
@@ -576,3 +556,30 @@ class JobServer(Service):
         if self.on_shutdown is not None:
             self.reactor.callLater(0, self.on_shutdown)
         return succeed(None)
+
+
+def _log_start(server: JobServer) -> None:
+    """
+    Say how the server starts: its policies and its limits.
+    """
+    s = server.settings
+    server.log.info(
+        "txgearmand job server started (wakeup={wakeup}, wakeup_delay={delay},"
+        " job_retries={retries}, store={store})",
+        wakeup=s.wakeup,
+        delay=s.wakeup_delay,
+        retries=s.job_retries,
+        store=type(server.store).__name__ if server.store is not None else "none",
+    )
+    server.log.info(
+        "Limits: memory budget {memory}, output hard {hard} / soft {soft} for {soft_s} s,"
+        " read timeout {read} s, keep-alive {keepalive} s, connections {connections}"
+        " (0: none)",
+        memory=s.max_memory,
+        hard=s.output_hard_limit,
+        soft=s.output_soft_limit,
+        soft_s=s.output_soft_seconds,
+        read=s.read_timeout,
+        keepalive=s.tcp_keepalive,
+        connections=s.max_connections,
+    )

@@ -50,7 +50,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import Request, Site
 
 from txgearmand import _log
-from txgearmand.access import identity_of
+from txgearmand.access import identity_of, is_local_address
 from txgearmand.metrics import MetricsResource
 from txgearmand.server import JobServer
 from txgearmand.status import snapshot
@@ -107,18 +107,7 @@ def local_only(request: IRequest) -> bool:
     IPv4 on IPv6) or a UNIX socket.  The site's default
     L{StatusSite.may_change}.
     """
-    address = request.getClientAddress()
-    if isinstance(address, UNIXAddress):
-        return True
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        try:
-            ip = ipaddress.ip_address(address.host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped.is_loopback
-        return ip.is_loopback
-    return False
+    return is_local_address(request.getClientAddress())
 
 
 def rules_or_local(job_server: JobServer) -> Callable[[IRequest], bool]:
