@@ -181,6 +181,103 @@ class CGearmandClientTests(_ServerTestsMixin, TestCase):
         return server.start()
 
 
+_PERL_SUBMIT = r"""
+use strict; use warnings;
+use Gearman::Client;
+# Arguments: the servers' ports, "--", then unique ids in hex; a unique id
+# "-" is followed by the payload in hex.
+my @ports;
+while (@ARGV && $ARGV[0] ne "--") { push @ports, shift @ARGV }
+shift @ARGV;
+my $client = Gearman::Client->new(job_servers => [map { "127.0.0.1:$_" } @ports]);
+while (@ARGV) {
+    my $hex = shift @ARGV;
+    my ($func, $uniq, $payload) = ("p_$hex", pack("H*", $hex), "x");
+    if ($hex eq "-") {
+        my $p = shift @ARGV;
+        ($func, $uniq, $payload) = ("pd_$p", "-", pack("H*", $p));
+    }
+    my $handle = $client->dispatch_background($func, $payload, {uniq => $uniq});
+    print defined $handle ? "$handle\n" : "FAILED $func\n";
+}
+"""
+
+
+class PerlSameServerTests(TestCase):
+    """
+    A Perl Gearman::Client and a L{GearmanClient} given the same three
+    C{twistd gearmand} servers send each unique id to the same server.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        if not _process.has_perl_module("Gearman::Client"):
+            raise SkipTest("Perl Gearman::Client is not installed (libgearman-client-perl)")
+        self.servers: list[_process.Server] = []
+        for i in range(3):
+            workdir = Path(self.mktemp()).resolve() / f"server{i}"
+            workdir.mkdir(parents=True)
+            server = _process.twistd_gearmand(workdir)
+            self.addCleanup(server.kill)
+            self.servers.append(server.start())
+
+    def functions(self) -> dict[str, int]:
+        """
+        Each function with queued jobs, and the index of the server that
+        holds them (from each server's C{status}).
+        """
+        where: dict[str, int] = {}
+        for index, server in enumerate(self.servers):
+            for line in _process.admin(server.port, b"status").decode().splitlines():
+                fields = line.split("\t")
+                if len(fields) == 4 and fields[1] != "0":
+                    self.assertNotIn(fields[0], where)
+                    where[fields[0]] = index
+        return where
+
+    async def test_same_servers(self) -> None:
+        """
+        Background jobs with the same unique ids (and C{"-"} with the same
+        payloads) from Perl and from us land on the same servers, the ones
+        Perl's hash chooses.
+        """
+        uniques = [u for u, _ in _PERL_HASHES]
+        payloads = [p for p, _ in _PERL_DASH_HASHES]
+        argv = [str(s.port) for s in self.servers] + ["--"]
+        argv += [u.hex() for u in uniques]
+        for payload in payloads:
+            argv += ["-", payload.hex()]
+        script = Path(self.mktemp()).resolve()
+        script.write_text(_PERL_SUBMIT)
+        perl = subprocess.run(["perl", str(script), *argv], capture_output=True, timeout=60)
+        self.assertEqual((perl.returncode, b"FAILED" in perl.stdout), (0, False), perl)
+
+        endpoints = [
+            TCP4ClientEndpoint(reactor, "127.0.0.1", s.port, timeout=5) for s in self.servers
+        ]
+        client = GearmanClient(endpoints, reactor)
+        self.addCleanup(client.close)
+        for unique in uniques:
+            await client.submit(f"t_{unique.hex()}", b"x", unique, background=True)
+        for payload in payloads:
+            await client.submit(f"td_{payload.hex()}", payload, "-", background=True)
+
+        where = self.functions()
+        for unique, perl_hash in _PERL_HASHES:
+            self.assertEqual(
+                (where[f"p_{unique.hex()}"], where[f"t_{unique.hex()}"]),
+                (perl_hash % 3, perl_hash % 3),
+                unique,
+            )
+        for payload, perl_hash in _PERL_DASH_HASHES:
+            self.assertEqual(
+                (where[f"pd_{payload.hex()}"], where[f"td_{payload.hex()}"]),
+                (perl_hash % 3, perl_hash % 3),
+                payload,
+            )
+
+
 class NoGlobalReactorTests(TestCase):
     """
     Importing the client does not install a reactor.
@@ -360,7 +457,7 @@ _PERL_HASHES = [
     (b"12345", 19445),
     (b"hello world", 3402),
     (b"\xe9t\xe9", 19447),
-    (b"x" * 100, 24078),
+    (b"x" * 60, 1110),
     (b"Z", 22972),
     (b"order/77", 3892),
     (b"-0", 18218),
