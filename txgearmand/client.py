@@ -149,7 +149,7 @@ def _server_hash(unique: bytes, payload: bytes) -> int | None:
     The number that chooses a job's server, as Perl's Gearman::Client
     computes it (C{Gearman::Task::hash}): C{(crc32(key) >> 16) & 0x7fff},
     where the key is the unique id, or the payload if the unique id is
-    C{"-"}; L{None} without a unique id.
+    C{"-"}; C{None} without a unique id.
 
     Perl treats a key of C{"0"} or C{""} (C{"-"} with an empty payload),
     and a hash of 0, as "no unique id" and picks a server at random; these
@@ -166,7 +166,7 @@ def _server_hash(unique: bytes, payload: bytes) -> int | None:
 class _WatchedEndpoint:
     """
     An endpoint that reports its failed connection attempts (before the
-    L{ClientService} that uses it hears of them).
+    C{ClientService} that uses it hears of them).
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[], None]) -> None:
@@ -439,7 +439,7 @@ class GearmanClient(MultiService):
     @param exceptions: ask the servers for WORK_EXCEPTION (OPTION_REQ), so
         that a job's exception text reaches L{JobException}.
     @param retry_policy: the delay before each reconnection attempt, given
-        the number of failed attempts (as L{ClientService} takes it).
+        the number of failed attempts (as C{ClientService} takes it).
     """
 
     def __init__(
@@ -502,7 +502,7 @@ class GearmanClient(MultiService):
         """
         A connection for a request: to the server C{key} modulo their
         number, or the next one up after it; round the servers if C{key} is
-        L{None}.
+        C{None}.
         """
         if not self.running:
             self.startService()
