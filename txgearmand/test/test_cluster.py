@@ -358,12 +358,19 @@ class ThreeServersTests(TestCase):
         backends = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
         self.assertGreater(sql(url, backends, app)[0][0], 0, "the victim's connection not found")
         queued_at_kill, _ = status_counts(victim.port)
-        with ledger.lock:
-            assert victim.process is not None
-            victim.process.kill()
-            killed_at = time.monotonic()
-            running = set(ledger.holding.get(0, ()))
-            completed_on_victim = {u for u, s in ledger.completes if s == 0}
+        assert victim.process is not None
+        deadline = time.monotonic() + 10
+        while True:
+            # Killed under the lock with a job held: no WORK_COMPLETE is
+            # sent in between, so the snapshot is what was running.
+            with ledger.lock:
+                if ledger.holding.get(0) or time.monotonic() > deadline:
+                    victim.process.kill()
+                    killed_at = time.monotonic()
+                    running = set(ledger.holding.get(0, ()))
+                    completed_on_victim = {u for u, s in ledger.completes if s == 0}
+                    break
+            time.sleep(0.001)
         victim.process.wait(_process.STOP_TIMEOUT)
 
         # What the takeover will adopt: the victim's rows, once its
