@@ -379,8 +379,9 @@ class ThreeServersTests(TestCase):
         stored_at_kill = {
             bytes(u) for (u,) in sql(url, f"SELECT uniq FROM {TABLE} WHERE owner = 'n0'")
         }
+        # The earliest takeover: the last heartbeat was up to 1 s before.
         self.assertLess(
-            time.monotonic() - killed_at, TAKEOVER_AFTER, "too slow to see what was stored"
+            time.monotonic() - killed_at, TAKEOVER_AFTER - 1, "too slow to see what was stored"
         )
         for t in victim_workers:
             t.join(10)
