@@ -116,6 +116,7 @@ class Durability:
         self._adopting: Deferred[Any] | None = None
         self._closing = False
         self._adopt_failing = False
+        self._taken_over = False
         self._model: tuple[JobTable, FunctionRegistry, Schedule] | None = None
         self._enqueue = enqueue
         self._may_adopt = may_adopt
@@ -279,6 +280,11 @@ class Durability:
             for job in table.by_handle.values()
             if job.store_id is not None and job.commit_waiters is None and job.store_id not in kept
         ]
+        if not lost and self._taken_over:
+            # Again, with nothing more to drop (two servers under one
+            # node name: the store says so).
+            return
+        self._taken_over = True
         for job in lost:
             job.store_id = None
             if job.state is _RUNNING:

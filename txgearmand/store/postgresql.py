@@ -247,7 +247,8 @@ def _register(conn: Any, table: str, node: str) -> int:
     """
     with conn.transaction():
         (epoch,) = conn.execute(
-            f"INSERT INTO {table}_nodes (name, epoch, heartbeat) VALUES (%s, 1, now())"
+            f"INSERT INTO {table}_nodes (name, epoch, heartbeat)"
+            f" VALUES (%s, nextval('{table}_adopted'), now())"
             f" ON CONFLICT (name) DO UPDATE"
             f" SET epoch = {table}_nodes.epoch + 1, heartbeat = now()"
             " RETURNING epoch",
@@ -379,6 +380,8 @@ class PostgreSQLStore(ThreadedStore):
         self._backoff = 0.0
         self._down_logged = 0.0
         self._back_at: float | None = None
+        self._twin_logged = -60.0
+        self._prune_at = 0.0
 
     def open(self) -> Deferred[None]:
         def connect() -> None:
@@ -517,6 +520,16 @@ class PostgreSQLStore(ThreadedStore):
         adopted: list[StoredJob] = []
         for (name,) in dead:
             adopted.extend(self._adopt_node(conn, name))
+        now = self._monotonic()
+        if now >= self._prune_at:
+            self._prune_at = now + 600
+            # Nodes gone for a week with no job left (container names,
+            # say).  A name that comes back starts from a fresh epoch (from
+            # the sequence): none it held before is used again.
+            conn.execute(
+                f"DELETE FROM {table}_nodes n WHERE n.heartbeat < now() - interval '7 days'"
+                f" AND NOT EXISTS (SELECT 1 FROM {table} j WHERE j.owner = n.name)"
+            )
         return Adoption(adopted, kept)
 
     def _taken_over(self, conn: Any) -> list[int]:
@@ -528,8 +541,16 @@ class PostgreSQLStore(ThreadedStore):
         table = self.table
         old = self.epoch
         with conn.transaction():
+            # Adopters leave a dead node's heartbeat as it was: a fresh one
+            # is another server beating under this node's name.
+            twin = conn.execute(
+                f"SELECT heartbeat > now() - make_interval(secs => %s) FROM {table}_nodes"
+                " WHERE name = %s",
+                (self.takeover_after, self.node),
+            ).fetchone()
             (epoch,) = conn.execute(
-                f"INSERT INTO {table}_nodes (name, epoch, heartbeat) VALUES (%s, 1, now())"
+                f"INSERT INTO {table}_nodes (name, epoch, heartbeat)"
+                f" VALUES (%s, nextval('{table}_adopted'), now())"
                 f" ON CONFLICT (name) DO UPDATE"
                 f" SET epoch = {table}_nodes.epoch + 1, heartbeat = now()"
                 " RETURNING epoch",
@@ -543,6 +564,17 @@ class PostgreSQLStore(ThreadedStore):
                 )
             ]
         self.epoch = int(epoch)
+        if twin is not None and twin[0]:
+            # Every heartbeat, while both run: said once a minute.
+            now = self._monotonic()
+            if now - self._twin_logged >= 60:
+                self._twin_logged = now
+                log.error(
+                    "Another server is running as node {node}: each server needs its own"
+                    " --node. Each takes the other's place in turn, and jobs may run twice",
+                    node=self.node,
+                )
+            return kept
         # The server says it once, with what it dropped (a warning).
         log.info(
             "Node {node} was taken over while it seemed dead (epoch {old}); it goes on"

@@ -2,7 +2,8 @@
 A PostgreSQL store whose database goes away and comes back: writes are
 refused at once while it is down (not after a hang), the store connects
 again with back-off and says so, jobs done meanwhile are removed once it
-is back, and a server that was cut off does not take the others for dead.
+is back, and a server that was cut off does not take the others for dead;
+and two servers given one node name.
 With a private PostgreSQL cluster each test stops and starts (skipped,
 saying why, when none can be had), and with fakes for the server's side.
 """
@@ -182,6 +183,94 @@ class BackoffTests(TestCase):
             )
 
         await store._run(age)
+
+
+class NodeTests(TestCase):
+    """
+    Two servers given one node name take each other's place at every
+    heartbeat: each says so, once a minute.  Nodes long gone with no job
+    left are forgotten.
+    """
+
+    def setUp(self) -> None:
+        try:
+            self.url = _postgres.fresh_database()
+        except _postgres.Unavailable as e:
+            raise SkipTest(str(e)) from None
+        self.events = _capture(self)
+
+    async def test_twins(self) -> None:
+        """
+        The second start under a name takes the first one's jobs; the
+        first, finding its heartbeat refused while the name's heartbeat is
+        fresh, logs an error that names the cause, and so does the second
+        in turn; not again at each heartbeat.
+        """
+        now = _Now()
+        stores = []
+        for _ in range(2):
+            store = PostgreSQLStore(reactor, self.url, node="same")
+            store._monotonic = now
+            await store.open()
+            self.addCleanup(store.close)
+            stores.append(store)
+            if len(stores) == 1:
+                await store.add_many([job(1)])
+        a, b = stores
+        self.assertEqual(await a.adopt(), Adoption([], []))
+        self.assertEqual([j.id for j in await b.load()], [1])
+        for _ in range(3):
+            await b.adopt()
+            await a.adopt()
+        errors = [e for e in self.events if "Another server is running as node" in e["log_format"]]
+        self.assertEqual(len(errors), 2)
+        self.assertEqual(errors[0]["node"], "same")
+        now.now += 60
+        await b.adopt()
+        errors = [e for e in self.events if "Another server is running as node" in e["log_format"]]
+        self.assertEqual(len(errors), 3)
+
+    async def test_pruned(self) -> None:
+        """
+        A node silent for a week with no job left is removed from the
+        nodes table (a node with jobs, or one silent for less, is kept);
+        started again, it gets an epoch it never had.
+        """
+        a = PostgreSQLStore(reactor, self.url, node="a")
+        await a.open()
+        self.addCleanup(a.close)
+        for name, jobs in (("gone", []), ("busy", [job(1)]), ("recent", [])):
+            other = PostgreSQLStore(reactor, self.url, node=name)
+            await other.open()
+            await other.add_many(jobs)
+            await other.close()
+
+        def age() -> list[tuple[str, int]]:
+            conn = a._connection()
+            conn.execute(
+                f"UPDATE {a.table}_nodes SET heartbeat = heartbeat - interval '8 days'"
+                " WHERE name IN ('gone', 'busy')"
+            )
+            rows: list[tuple[str, int]] = conn.execute(
+                f"SELECT name, epoch FROM {a.table}_nodes"
+            ).fetchall()
+            return rows
+
+        before = dict(await a._run(age))
+        a.takeover_after = 1e9
+        await a.adopt()
+        after = dict(
+            await a._run(
+                lambda: (
+                    a._connection().execute(f"SELECT name, epoch FROM {a.table}_nodes").fetchall()
+                )
+            )
+        )
+        self.assertEqual(sorted(after), ["a", "busy", "recent"])
+        again = PostgreSQLStore(reactor, self.url, node="gone")
+        await again.open()
+        self.addCleanup(again.close)
+        self.assertGreater(again.epoch, max(before.values()))
 
 
 @implementer(ISharedJobStore)
