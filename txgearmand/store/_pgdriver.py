@@ -445,7 +445,15 @@ def _ssl_context(params: dict[str, str]) -> Any:
     if mode == "disable":
         return False
     root = params.get("sslrootcert")
-    if mode in ("allow", "prefer") and not root:
+    if params.get("sslkey") and not params.get("sslcert"):
+        raise ValueError("the PostgreSQL connection parameter sslkey needs sslcert")
+    if mode in ("allow", "prefer"):
+        for key in ("sslcert", "sslrootcert"):
+            if params.get(key):
+                raise ValueError(
+                    f"the PostgreSQL connection parameter {key} needs sslmode=require,"
+                    " verify-ca or verify-full with the pg8000 driver"
+                )
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if mode == "require" and not root:
@@ -476,8 +484,6 @@ def _ssl_context(params: dict[str, str]) -> Any:
                 f"the PostgreSQL connection parameters sslcert/sslkey: cannot read"
                 f" {params['sslcert']} ({getattr(e, 'strerror', None) or e})"
             ) from None
-    elif params.get("sslkey"):
-        raise ValueError("the PostgreSQL connection parameter sslkey needs sslcert")
     return context
 
 
@@ -532,6 +538,12 @@ class _PG8000Connection(Connection):
             # closed: the connection is no more use.
             self._lost()
             raise
+        except OSError as e:
+            # pg8000 lets some socket errors through as they are (a reset
+            # on the first read of a reply): the same, said as pg8000 says
+            # the others.
+            self._lost()
+            raise self._interface_error(f"network error ({e})") from e
         except self._database_error as e:
             if _pg8000_fatal(e):
                 self._lost()
@@ -575,7 +587,12 @@ class _PG8000Connection(Connection):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._conn.close()
+            try:
+                self._conn.close()
+            except (self._interface_error, OSError):
+                # Its goodbye could not be sent: the socket is closed all
+                # the same.
+                pass
 
 
 # COPY's text format: these characters are escaped in a value.
@@ -638,6 +655,8 @@ def _pg8000_connect(conninfo: str, connect_timeout: float, params: dict[str, Any
         raise DatabaseError(
             f"connection to server at {where} failed: {_pg8000_message(e)}"
         ) from None
+    except OSError as e:
+        raise InterfaceError(f"connection to server at {where} failed: {e}") from None
     conn.autocommit = True
     sock = getattr(conn, "_usock", None)
     if sock is not None:
@@ -716,8 +735,9 @@ def connection_errors() -> tuple[type[Exception], ...]:
     """
     The exceptions the drivers raise, among others, when the server
     cannot be reached or the connection is lost (then
-    L{Connection.closed} is true): psycopg's C{OperationalError}, pg8000's
-    C{InterfaceError} and C{DatabaseError}.
+    L{Connection.closed} is true): psycopg's C{OperationalError}; pg8000's
+    C{InterfaceError} (C{"network error"}, also for a socket error pg8000
+    lets through as it is) and C{DatabaseError} (a C{FATAL} one).
     """
     errors: list[type[Exception]] = []
     if available("psycopg") is None:
