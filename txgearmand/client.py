@@ -25,9 +25,10 @@ import attrs
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txgearmand import _log, wire
 from txgearmand.endpoints import Text, _as_list, _b, _ProtocolFactory
@@ -141,6 +142,43 @@ def _int(value: bytes) -> int:
         return int(value)
     except ValueError:
         return 0
+
+
+def _server_hash(unique: bytes, payload: bytes) -> int | None:
+    """
+    The number that chooses a job's server, as Perl's Gearman::Client
+    computes it (C{Gearman::Task::hash}): C{(crc32(key) >> 16) & 0x7fff},
+    where the key is the unique id, or the payload if the unique id is
+    C{"-"}; C{None} without a unique id.
+
+    Perl treats a key of C{"0"} or C{""} (C{"-"} with an empty payload),
+    and a hash of 0, as "no unique id" and picks a server at random; these
+    hash here all the same, so that our clients at least agree among
+    themselves.
+    """
+    if not unique:
+        return None
+    key = payload if unique == b"-" else unique
+    return (zlib.crc32(key) >> 16) & 0x7FFF
+
+
+@implementer(IStreamClientEndpoint)
+class _WatchedEndpoint:
+    """
+    An endpoint that reports its failed connection attempts (before the
+    C{ClientService} that uses it hears of them).
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        def failed(failure: Failure) -> Failure:
+            self._failed()
+            return failure
+
+        return self._endpoint.connect(protocolFactory).addErrback(failed)
 
 
 @attrs.define(eq=False)
@@ -372,18 +410,36 @@ class GearmanClient(MultiService):
     """
     Submits jobs to one or more Gearman servers.
 
-    Each server gets one connection, made when first needed (or when the
-    service starts) and remade with back-off after it is lost.  A job with
-    a unique id goes to the server chosen by the CRC32 of that id (so that
-    duplicates meet on one server, as Perl's Gearman::Client does); others
-    go round the servers.  When the chosen server cannot be reached the next
-    ones are tried.
+    Each server gets one connection, made when the service starts (or the
+    first request starts it) and remade with back-off after it is lost.
 
-    @param endpoints: where the servers are.
+    With several servers, a job with a unique id goes to the server Perl's
+    Gearman::Client picks for it: C{(crc32(key) >> 16) & 0x7fff}, modulo
+    the number of servers, where the key is the unique id, or the payload
+    when the unique id is C{"-"} (the servers coalesce those on their
+    payload).  So duplicates meet on one server, also with Perl clients
+    given the same servers in the same order.  Jobs without a unique id go
+    round the servers.
+
+    When the chosen server is down, the job goes to the next one in that
+    order (index + 1, + 2, ... modulo the number of servers) that is up;
+    L{NoServerAvailable} only when none is.  A server is down when its
+    connection is lost or an attempt to connect fails; it is passed over at
+    once while it is retried in the background, and gets its jobs again
+    when it is back.  Only a server that is still making its first attempt
+    (just after start-up) is waited for, for that one attempt.  When all
+    are down, a request waits for the next attempt of each and goes to the
+    first that connects, or fails with L{NoServerAvailable} when each of
+    those attempts fails.
+
+    @param endpoints: where the servers are, in the order that chooses
+        among them (give every client the same list).
     @param reactor: the reactor (or a clock, for its time); the global one
         when first needed if C{None}.
     @param exceptions: ask the servers for WORK_EXCEPTION (OPTION_REQ), so
         that a job's exception text reaches L{JobException}.
+    @param retry_policy: the delay before each reconnection attempt, given
+        the number of failed attempts (as C{ClientService} takes it).
     """
 
     def __init__(
@@ -400,9 +456,12 @@ class GearmanClient(MultiService):
         self._services: list[ClientService] = []
         #: Connections that are up and prepared, by server index.
         self._live: dict[int, _ClientProtocol] = {}
+        #: Servers whose connection was lost or whose last attempt failed,
+        #: and that have not connected since.
+        self._down: set[int] = set()
         for index, endpoint in enumerate(_as_list(endpoints)):
             service = ClientService(
-                endpoint,
+                _WatchedEndpoint(endpoint, self._attempt_failed(index)),
                 _ProtocolFactory(self._protocol_maker(index)),
                 retryPolicy=retry_policy or backoffPolicy(initialDelay=0.2, maxDelay=10.0),
                 clock=reactor,
@@ -414,41 +473,84 @@ class GearmanClient(MultiService):
     def _protocol_maker(self, index: int) -> Callable[[], _ClientProtocol]:
         return lambda: _ClientProtocol(index, self._exceptions, self._ready, self._lost)
 
+    def _attempt_failed(self, index: int) -> Callable[[], None]:
+        return lambda: self._down.add(index)
+
     def _ready(self, protocol: _ClientProtocol) -> None:
         self._live[protocol.index] = protocol
+        self._down.discard(protocol.index)
 
     def _lost(self, protocol: _ClientProtocol) -> None:
         if self._live.get(protocol.index) is protocol:
             del self._live[protocol.index]
+        if protocol.index not in self._live:
+            self._down.add(protocol.index)
+
+    def startService(self) -> None:
+        """
+        Connect to the servers; none is known to be down yet.
+        """
+        self._down.clear()
+        super().startService()
 
     @staticmethod
     def _prepare(connected: IProtocol) -> Deferred[None]:
         # ClientService passes a proxy, which forwards attribute access.
         return cast(_ClientProtocol, connected).ready
 
-    def _connection(self, key: bytes | None) -> Deferred[_ClientProtocol]:
+    def _connection(self, key: int | None) -> Deferred[_ClientProtocol]:
+        """
+        A connection for a request: to the server C{key} modulo their
+        number, or the next one up after it; round the servers if C{key} is
+        C{None}.
+        """
         if not self.running:
             self.startService()
         n = len(self._services)
-        if key:
-            first = zlib.crc32(key) % n
-        else:
-            first = self._next % n
-            self._next += 1
+        if key is not None:
+            return self._hashed([(key + i) % n for i in range(n)])
+        first = self._next % n
+        self._next += 1
         order = [(first + i) % n for i in range(n)]
         for index in order:
             live = self._live.get(index)
             if live is not None:
                 return succeed(live)
-
-        if key:
-            # Duplicates should meet on one server: wait for its attempt.
-            d = cast(
-                "Deferred[_ClientProtocol]",
-                self._services[first].whenConnected(failAfterFailures=1),
-            )
-            return d.addErrback(lambda f: self._first_connected(order[1:]))
         return self._first_connected(order)
+
+    def _hashed(self, order: list[int]) -> Deferred[_ClientProtocol]:
+        """
+        The first of these servers that is up.  A server still making its
+        attempt to connect (neither up nor down) is waited for, for that
+        attempt; then the choice is made again.  Each wait ends with that
+        server up or down, so this ends.  When all are down, the first to
+        connect at its next attempt.
+        """
+        for index in order:
+            live = self._live.get(index)
+            if live is not None:
+                return succeed(live)
+            if index in self._down:
+                continue
+            attempt = cast(
+                "Deferred[_ClientProtocol]",
+                self._services[index].whenConnected(failAfterFailures=1),
+            )
+            return attempt.addErrback(self._attempt_over, index, order)
+        return self._first_connected(order)
+
+    def _attempt_over(
+        self, failure: Failure, index: int, order: list[int]
+    ) -> Deferred[_ClientProtocol]:
+        """
+        The attempt of server C{index} that L{_hashed} waited for failed (or
+        the client is stopping): choose again, with that server down.
+        """
+        if not self.running:
+            return fail(NoServerAvailable("the client is closed"))
+        if index not in self._live:
+            self._down.add(index)
+        return self._hashed(order)
 
     def _first_connected(self, indexes: list[int]) -> Deferred[_ClientProtocol]:
         """
@@ -467,8 +569,6 @@ class GearmanClient(MultiService):
             if remaining[0] <= 0 and not result.called:
                 result.errback(NoServerAvailable("no Gearman server could be reached"))
 
-        if not indexes:
-            failed(Failure(NoServerAvailable()))
         for index in indexes:
             self._services[index].whenConnected(failAfterFailures=1).addCallbacks(connected, failed)
         return result
@@ -517,8 +617,7 @@ class GearmanClient(MultiService):
             protocol.submit(ptype, function_b, unique_b, payload_b, task)
             return task.deferred
 
-        key = unique_b if unique_b and unique_b != b"-" else None
-        return self._connection(key).addCallback(send)
+        return self._connection(_server_hash(unique_b, payload_b)).addCallback(send)
 
     def get_status(self, handle: Text) -> Deferred[JobStatus]:
         """

@@ -27,7 +27,13 @@ from twisted.python.failure import Failure
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
 from txgearmand.functions import FunctionRegistry
-from txgearmand.interfaces import Adoption, IJobStore, ISharedJobStore, StoredJob
+from txgearmand.interfaces import (
+    Adoption,
+    IJobStore,
+    ISharedJobStore,
+    StoredJob,
+    StoreUnavailable,
+)
 from txgearmand.job import JobTable
 from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import Job, JobState
@@ -89,6 +95,10 @@ class Durability:
         self._seq = 0
         self._to_store: dict[int, Job] = {}
         self._to_remove: list[int] = []
+        # Removals the store failed (it was down): sent again with the next
+        # writes, so that jobs done while it was away do not run again at
+        # the next start.
+        self._remove_again: list[int] = []
         self._not_stored: list[Job] = []
         self._clock = clock
         self._slow_after = slow_seconds if clock is not None else 0.0
@@ -109,6 +119,14 @@ class Durability:
         self._model: tuple[JobTable, FunctionRegistry, Schedule] | None = None
         self._enqueue = enqueue
         self._may_adopt = may_adopt
+
+    @property
+    def down(self) -> bool:
+        """
+        Whether the store says it cannot be reached (a database that went
+        away): background submissions are refused until it is back.
+        """
+        return bool(getattr(self.store, "down", False))
 
     # -- start and stop -------------------------------------------------
 
@@ -217,8 +235,9 @@ class Durability:
     def _adopt_done(self, result: object) -> None:
         self._adopting = None
         if isinstance(result, Failure):
-            # Once per streak of failures: the store may be down a while.
-            if not self._adopt_failing:
+            # Once per streak of failures: the store may be down a while
+            # (and one that says it is down has logged it).
+            if not self._adopt_failing and not result.check(StoreUnavailable):
                 self.log.failure(
                     "Proving this server alive in the job store (and looking for dead"
                     " servers) failed; trying again every {seconds} s",
@@ -226,9 +245,12 @@ class Durability:
                     seconds=self.store.poll_interval,  # type: ignore[union-attr]
                 )
             self._adopt_failing = True
-        elif self._adopt_failing:
-            self._adopt_failing = False
-            self.log.info("This server proves it is alive in the job store again")
+        else:
+            if self._adopt_failing:
+                self._adopt_failing = False
+                self.log.info("This server proves it is alive in the job store again")
+            if self._remove_again and not self._closing:
+                self.flush()
         self._schedule_adopt()
 
     def _adopted(self, adoption: Adoption) -> None:
@@ -377,12 +399,20 @@ class Durability:
             if self._timed:
                 d.addBoth(self._wrote, self._writing_started(), len(jobs))
             d.addBoth(self._committed, jobs)
+        if self._remove_again:
+            self._to_remove.extend(self._remove_again)
+            self._remove_again = []
         if self._to_remove:
             ids, self._to_remove = self._to_remove, []
             d = store.remove_many(ids)
             if self._timed:
                 d.addBoth(self._wrote, self._writing_started(), len(ids))
-            d.addErrback(_logged_by_the_store)
+            d.addErrback(self._remove_failed, ids)
+
+    def _remove_failed(self, failure: Failure, ids: list[int]) -> None:
+        # The store logged it.  The ids go with the next writes (or, with
+        # a shared store, once it answers again).
+        self._remove_again.extend(ids)
 
     # -- is the store slow? ---------------------------------------------
 
@@ -489,9 +519,3 @@ class Durability:
 
 def _push(job: Job) -> None:
     job.queue.push(job)
-
-
-def _logged_by_the_store(failure: Failure) -> None:
-    """
-    Swallow a failure the store already logged.
-    """

@@ -14,7 +14,14 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-__all__ = ["Adoption", "IJobStore", "IPeer", "ISharedJobStore", "StoredJob"]
+__all__ = [
+    "Adoption",
+    "IJobStore",
+    "IPeer",
+    "ISharedJobStore",
+    "StoreUnavailable",
+    "StoredJob",
+]
 
 
 class StoredJob(NamedTuple):
@@ -141,6 +148,15 @@ class IJobStore(Interface):
 
         @return: a Deferred that fires when it is closed.
         """
+
+
+class StoreUnavailable(Exception):
+    """
+    The store cannot be reached (its database is down or unreachable) and
+    is waiting to try again: the write was refused at once, without an
+    attempt.  A store raises (or fails with) it instead of hanging; it has
+    logged the outage already, once, and logs its end.
+    """
 
 
 class Adoption(NamedTuple):

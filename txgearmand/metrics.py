@@ -175,6 +175,11 @@ class GearmanCollector:
             "1 while the store is slow (see --store-slow-seconds).",
             value=1 if server.durability.slow else 0,
         )
+        yield GaugeMetricFamily(
+            "gearman_store_down",
+            "1 while the store cannot be reached (background jobs are refused).",
+            value=1 if server.durability.down else 0,
+        )
         info = GaugeMetricFamily("gearman_server_info", "The server's version.", labels=["version"])
         info.add_metric([_version.__version__], 1)
         yield info

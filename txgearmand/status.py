@@ -27,7 +27,7 @@ seconds)::
      "jobs": {"total", "shown", "list": [{"handle", "function", "unique",
               "state", "priority", "background", "age", "worker",
               "clients", "retries"}]},
-     "store": {"kind", "location", "slow", "writes", "latency_last",
+     "store": {"kind", "location", "slow", "down", "writes", "latency_last",
                "latency_mean", "last_error": {"text", "at"} or null}}
 
 C{rates.samples} are jobs per second submitted (new jobs) and ended,
@@ -146,6 +146,7 @@ def snapshot(server: JobServer, limit: int = 1000) -> dict[str, Any]:
             "kind": kind,
             "location": location,
             "slow": durability.slow,
+            "down": durability.down,
             "writes": latency.count,
             "latency_last": latency.last,
             "latency_mean": latency.mean(),

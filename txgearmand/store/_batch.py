@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from txgearmand import _log
-from txgearmand.interfaces import StoredJob
+from txgearmand.interfaces import StoredJob, StoreUnavailable
 
 log = _log.logger("txgearmand.store")
 
@@ -96,7 +96,10 @@ class BatchWriter:
     def _committed(self, result: object, waiters: list[Deferred[None]]) -> None:
         self._running = False
         if isinstance(result, Failure):
-            log.failure("Writing {n} job changes to the store failed", result, n=len(waiters))
+            # A store that is down said so once; each refused write is not
+            # worth a traceback.
+            if not result.check(StoreUnavailable):
+                log.failure("Writing {n} job changes to the store failed", result, n=len(waiters))
             for w in waiters:
                 w.errback(result)
         else:

@@ -59,18 +59,33 @@ logs it, starts a new epoch and claims, in one transaction, the rows
 still its own (those it wrote after the adoption); the server drops
 every other job it held as stored: they run elsewhere.  Its removals of
 adopted rows touch nothing (they name it as owner, and its old epoch).
+
+B{A database that goes away.} A write or heartbeat that finds the
+connection gone connects again at once; if that fails, the store is
+I{down} (logged once): every write and heartbeat fails at once with
+L{StoreUnavailable} (the server refuses background jobs with
+QUEUE_ERROR) until the next attempt, 0.5 s later, doubling to 30 s, with
+jitter. The attempt that connects is logged too. Connections time out
+after 5 s and use TCP keep-alive (unless the conninfo says otherwise), so
+that a vanished database host fails writes instead of hanging them. A
+node that is back takes no dead node's jobs until it has been back for
+C{--takeover-after}: after an outage of the database itself, every node
+then beats again before any is taken for dead.
 """
 
 from __future__ import annotations
 
+import random
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txgearmand import _log
-from txgearmand.interfaces import Adoption, ISharedJobStore, StoredJob
+from txgearmand.interfaces import Adoption, ISharedJobStore, StoredJob, StoreUnavailable
 from txgearmand.store import _cqueue, _pgdriver
 from txgearmand.store._batch import Batch, ThreadedStore
 
@@ -153,8 +168,25 @@ def _c_tables(conn: _pgdriver.Connection) -> list[tuple[str, str, set[str]]]:
     ]
 
 
+# Connection options, where the conninfo does not set them: a connection
+# attempt gives up after 5 s, and a database host that vanishes (no FIN, no
+# RST) is found out by TCP within about 20 s, so that a write fails instead
+# of hanging for the kernel's minutes.
+_CONNECTION_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+
+
 def _connect(conninfo: str, table: str, import_c: bool = True) -> Any:
-    conn = _pgdriver.connect(conninfo, connect_timeout=10)
+    given = _pgdriver.parse_conninfo(conninfo)
+    options = {k: v for k, v in _CONNECTION_DEFAULTS.items() if k not in given}
+    timeout = float(options.pop("connect_timeout", 10))
+    conn = _pgdriver.connect(conninfo, connect_timeout=timeout, **options)
     _create_or_migrate(conn, table)
     if import_c and _c_tables(conn):
         _import_c_queues(conn, table)
@@ -330,6 +362,16 @@ class PostgreSQLStore(ThreadedStore):
         #: Seconds between heartbeats (and looks for dead nodes).
         self.poll_interval = min(1.0, takeover_after / 3)
         self._conn: Any = None
+        # Reconnection with back-off (touched only in the store's thread):
+        # when the database went away (or None), when to try next, the
+        # current back-off, and when the connection came back.
+        self._monotonic: Callable[[], float] = time.monotonic
+        self._down_since: float | None = None
+        self._down_error = ""
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._down_logged = 0.0
+        self._back_at: float | None = None
 
     def open(self) -> Deferred[None]:
         def connect() -> None:
@@ -344,13 +386,83 @@ class PostgreSQLStore(ThreadedStore):
 
         return self._open_in_thread(connect)
 
+    #: The first wait before connecting again after a failed attempt, and
+    #: the longest; each failure doubles it (with jitter, so that servers
+    #: sharing the database do not all come back in one instant).
+    first_backoff = 0.5
+    max_backoff = 30.0
+
+    @property
+    def down(self) -> bool:
+        """
+        Whether the database is unreachable: writes are refused at once
+        (L{StoreUnavailable}) until an attempt to connect again succeeds.
+        """
+        return self._down_since is not None
+
     def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            log.info("Connecting to PostgreSQL again")
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        now = self._monotonic()
+        if self._down_since is not None and now < self._retry_at:
+            # Refused at once: no write waits for a database known down.
+            raise StoreUnavailable(
+                f"PostgreSQL is unreachable ({self._down_error}); next attempt in"
+                f" {self._retry_at - now:.1f} s"
+            )
+        self._conn = None
+        try:
             # C's tables are imported once, at start, never while serving:
             # their ids would collide with the ones handed out since.
-            self._conn = _connect(self.conninfo, self.table, import_c=False)
-        return self._conn
+            conn = _connect(self.conninfo, self.table, import_c=False)
+        except Exception as e:
+            self._connect_failed(now, e)
+            raise StoreUnavailable(f"PostgreSQL is unreachable ({self._down_error})") from e
+        self._conn = conn
+        self._back_at = now
+        if self._down_since is not None:
+            log.info(
+                "Connected to the PostgreSQL job store again, after {seconds:.1f} s without it;"
+                " background jobs are taken again",
+                seconds=now - self._down_since,
+            )
+            self._down_since = None
+        else:
+            log.info("Connected to the PostgreSQL job store again")
+        return conn
+
+    def _connect_failed(self, now: float, error: BaseException) -> None:
+        self._down_error = " ".join(str(error).split()) or type(error).__name__
+        if self._down_since is None:
+            self._down_since = now
+            self._down_logged = now
+            self._backoff = self.first_backoff
+            log.warn(
+                "The PostgreSQL job store is unreachable: {error}; background jobs are refused"
+                " (QUEUE_ERROR) until it is back; trying again with back-off (up to {cap} s)",
+                error=self._down_error,
+                cap=self.max_backoff,
+            )
+        else:
+            self._backoff = min(self._backoff * 2, self.max_backoff)
+            if now - self._down_logged >= 60:
+                self._down_logged = now
+                log.warn(
+                    "The PostgreSQL job store is still unreachable, for {seconds:.0f} s: {error}",
+                    seconds=now - self._down_since,
+                    error=self._down_error,
+                )
+        self._retry_at = now + self._backoff * random.uniform(0.5, 1.0)
+
+    def _settled(self) -> bool:
+        """
+        Whether this node may take dead nodes' jobs: not until it has been
+        connected again for C{takeover_after} seconds, so that after an
+        outage of the database itself every node can beat again before
+        any is taken for dead.
+        """
+        back = self._back_at
+        return back is None or self._monotonic() - back >= self.takeover_after
 
     def load(self) -> Deferred[list[StoredJob]]:
         def select() -> list[StoredJob]:
@@ -386,7 +498,7 @@ class PostgreSQLStore(ThreadedStore):
         )
         if beat.rowcount != 1:
             kept = self._taken_over(conn)
-        if not take:
+        if not take or not self._settled():
             return Adoption([], kept)
         dead = conn.execute(
             f"SELECT n.name FROM {table}_nodes n"
@@ -492,7 +604,9 @@ class PostgreSQLStore(ThreadedStore):
         try:
             self._write_once(batch)
         except _pgdriver.connection_errors():
-            # The connection may have died since the last batch: once more.
+            # The connection may have died since the last batch: once more
+            # (on a new connection, which fails at once if the database is
+            # gone).
             if self._conn is not None and not self._conn.closed:
                 raise
             self._write_once(batch)

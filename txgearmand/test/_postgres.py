@@ -203,6 +203,75 @@ class DriverMixin:
         self.addCleanup(restore)  # type: ignore[attr-defined]
 
 
+class Cluster:
+    """
+    A private PostgreSQL cluster that a test may stop and start again (the
+    shared one of L{server_url} must stay up for the other tests): made in
+    a temporary directory, listening on a free loopback port, removed by
+    L{destroy}.
+
+    @ivar url: its conninfo URL (database C{postgres}).
+    """
+
+    def __init__(self) -> None:
+        self._initdb = _binary("initdb")
+        self._pg_ctl = _binary("pg_ctl")
+        self.directory = tempfile.mkdtemp(prefix="txgearmand-pg-")
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.directory, ignore_errors=True)
+                raise Unavailable("there is no postgres user to run PostgreSQL as") from None
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+        self.data = os.path.join(self.directory, "data")
+        self.port = free_port()
+        self.url = f"postgresql://gearman@127.0.0.1:{self.port}/postgres"
+        try:
+            self._run([self._initdb, "-D", self.data, "-A", "trust", "-U", "gearman", "-E", "UTF8"])
+        except Unavailable:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def _run(self, argv: list[str]) -> None:
+        try:
+            subprocess.run(_as_postgres(argv), check=True, capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:
+            output = getattr(e, "stderr", b"") or b""
+            raise Unavailable(f"PostgreSQL: {e} {output[-500:]!r}") from None
+
+    def start(self) -> None:
+        """
+        Start it (on the same port each time); return once it takes
+        connections.
+        """
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        log = os.path.join(self.directory, "server.log")
+        argv = [self._pg_ctl, "-D", self.data, "-l", log, "-w", "-t", "60", "-o", options]
+        self._run([*argv, "start"])
+
+    def stop(self, mode: str = "fast") -> None:
+        """
+        Stop it: C{fast} (sessions are ended, as by an operator) or
+        C{immediate} (as by a crash).
+        """
+        self._run([self._pg_ctl, "-D", self.data, "-m", mode, "-w", "stop"])
+
+    def destroy(self) -> None:
+        """
+        Stop it if it runs, and remove its files.
+        """
+        subprocess.run(
+            _as_postgres([self._pg_ctl, "-D", self.data, "-m", "immediate", "-w", "stop"]),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 if __name__ == "__main__":
     # For CI: start a cluster that outlives this process; print its URL.
     import sys

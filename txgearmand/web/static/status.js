@@ -334,7 +334,8 @@
       ...fact("Commits", count(st.writes)),
       ...fact("Last commit", latency(st.latency_last)),
       ...fact("Mean commit", latency(st.latency_mean)),
-      ...fact("State", st.slow ? "slow" : "ok", st.slow ? "bad" : null),
+      ...fact("State", st.down ? "down" : st.slow ? "slow" : "ok",
+        st.down || st.slow ? "bad" : null),
       ...fact("Last error", error ? error.text + " (" + clock(error.at) + ")" : "none",
         error ? "bad" : null),
     );
