@@ -29,13 +29,19 @@ setup(
     ],
     extras_require={
         "tls": ["Twisted[tls]"],
-        "postgresql": ["psycopg>=3.1"],
+        # psycopg 3 (libpq) where it runs; pg8000 (pure Python) on PyPy.
+        "postgresql": [
+            "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
+            "pg8000>=1.30; platform_python_implementation != 'CPython'",
+        ],
         # Prometheus metrics (--metrics, and /metrics on the --web site).
         "metrics": ["prometheus-client>=0.17"],
         "test": [
             "prometheus-client>=0.17",
             "Twisted[tls]; platform_python_implementation == 'CPython'",
             "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
+            # Both drivers' tests run on CPython; on PyPy, pg8000's.
+            "pg8000>=1.30",
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",
@@ -48,7 +54,8 @@ setup(
         "dev": [
             "Twisted[tls]",
             "prometheus-client>=0.17",
-            "psycopg[binary]>=3.1",
+            "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
+            "pg8000>=1.30",
             "hypothesis>=6.50",
             "gear>=0.16",
             "coverage>=7",

@@ -6,7 +6,8 @@ Choose one with a URL (C{--queue URL}, or L{store_from_url}):
 
   - C{memory}: none, jobs live in memory only;
   - C{sqlite:PATH}: an SQLite file (standard library);
-  - C{postgresql://...}: PostgreSQL (psycopg 3, the C{postgresql} extra).
+  - C{postgresql://...}: PostgreSQL (psycopg 3, or pg8000 on PyPy: the
+    C{postgresql} extra).
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 # -*- test-case-name: txgearmand.test.test_store,txgearmand.test.test_shared_store -*-
 """
-A job store in PostgreSQL, through psycopg 3 (the C{postgresql} extra:
-C{pip install 'txgearmand[postgresql]'}), from a thread of its own with
-group commit.
+A job store in PostgreSQL, from a thread of its own with group commit,
+through psycopg 3 on CPython or pg8000 (pure Python) on PyPy: the
+C{postgresql} extra (C{pip install 'txgearmand[postgresql]'}) installs the
+one that fits.  The environment variable C{TXGEARMAND_PG_DRIVER=psycopg}
+or C{=pg8000} forces one (see L{txgearmand.store._pgdriver}); with pg8000
+the connection string's parameters are mapped to pg8000's, and one that
+cannot be (a libpq-only feature) stops the start, named.
 
 Opened on a database that holds C gearmand's libpq queue (a table with C's
 columns, whatever C{--libpq-table} named it), it imports C's queued jobs
@@ -82,7 +86,7 @@ from zope.interface import implementer
 
 from txgearmand import _log
 from txgearmand.interfaces import Adoption, ISharedJobStore, StoredJob, StoreUnavailable
-from txgearmand.store import _cqueue
+from txgearmand.store import _cqueue, _pgdriver
 from txgearmand.store._batch import Batch, ThreadedStore
 
 __all__ = ["C_TABLE", "PostgreSQLStore", "check_postgresql"]
@@ -127,16 +131,6 @@ ALTER TABLE {table}
 _SCHEMA_LOCK = 0x7478_6765_6172_0002
 
 
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as e:
-        raise RuntimeError(
-            "the PostgreSQL job store needs psycopg 3: pip install 'txgearmand[postgresql]'"
-        ) from e
-    return psycopg
-
-
 #: C gearmand's libpq queue: its default table (C{--libpq-table}); a table
 #: of any name with C's columns is taken for it.
 C_TABLE = "queue"
@@ -163,7 +157,7 @@ ORDER BY n.nspname, c.relname
 """
 
 
-def _c_tables(conn: Any) -> list[tuple[str, str, set[str]]]:
+def _c_tables(conn: _pgdriver.Connection) -> list[tuple[str, str, set[str]]]:
     """
     The tables that are C gearmand's queue: (schema, name, columns) each.
     """
@@ -189,17 +183,17 @@ _CONNECTION_DEFAULTS = {
 
 
 def _connect(conninfo: str, table: str, import_c: bool = True) -> Any:
-    psycopg = _psycopg()
-    given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    given = _pgdriver.parse_conninfo(conninfo)
     options = {k: v for k, v in _CONNECTION_DEFAULTS.items() if k not in given}
-    conn = psycopg.connect(conninfo, autocommit=True, **options)
+    timeout = float(options.pop("connect_timeout", 10))
+    conn = _pgdriver.connect(conninfo, connect_timeout=timeout, **options)
     _create_or_migrate(conn, table)
     if import_c and _c_tables(conn):
         _import_c_queues(conn, table)
     return conn
 
 
-def _columns(conn: Any, table: str) -> set[str]:
+def _columns(conn: _pgdriver.Connection, table: str) -> set[str]:
     return {
         name
         for (name,) in conn.execute(
@@ -210,7 +204,7 @@ def _columns(conn: Any, table: str) -> set[str]:
     }
 
 
-def _create_or_migrate(conn: Any, table: str) -> None:
+def _create_or_migrate(conn: _pgdriver.Connection, table: str) -> None:
     """
     Create the tables, or bring a table of the previous (single-server)
     schema to this one; its rows keep no owner until a node claims them.
@@ -238,7 +232,7 @@ def _create_or_migrate(conn: Any, table: str) -> None:
         conn.execute(_SCHEMA.format(table=table))
 
 
-def _register(conn: Any, table: str, node: str) -> int:
+def _register(conn: _pgdriver.Connection, table: str, node: str) -> int:
     """
     Start this node's new epoch, and claim its rows (and those no node
     owns) for it, in one transaction.
@@ -261,7 +255,7 @@ def _register(conn: Any, table: str, node: str) -> int:
     return int(epoch)
 
 
-def _import_c_queues(conn: Any, table: str) -> int:
+def _import_c_queues(conn: _pgdriver.Connection, table: str) -> int:
     """
     Bring C gearmand's queued jobs (its libpq table, whatever its name)
     into our table, once, in one transaction; C's table is renamed, not
@@ -269,8 +263,6 @@ def _import_c_queues(conn: Any, table: str) -> int:
 
     @return: how many jobs were imported.
     """
-    from psycopg import sql
-
     imported: list[tuple[str, str, int, str]] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_IMPORT_LOCK,))
@@ -278,25 +270,27 @@ def _import_c_queues(conn: Any, table: str) -> int:
         # imported them meanwhile.
         found = _c_tables(conn)
         (top,) = conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
-        cursor = conn.cursor()
         for schema, name, columns in found:
-            source = sql.Identifier(schema, name)
-            when = sql.Identifier("when_to_run") if "when_to_run" in columns else sql.NULL
+            source = _pgdriver.quote_identifier(schema, name)
+            when = _pgdriver.quote_identifier("when_to_run") if "when_to_run" in columns else "NULL"
             # C wrote the unique key and function name as text in the
             # database's encoding: their bytes, unconverted.  C never
             # updates a row, so their physical order is the order C queued
             # them in (and replays them in).
             rows = conn.execute(
-                sql.SQL(
-                    "SELECT convert_to(unique_key, current_setting('server_encoding')),"
-                    " convert_to(function_name, current_setting('server_encoding')),"
-                    " priority, data, {when} FROM {source} ORDER BY ctid"
-                ).format(when=when, source=source)
+                "SELECT convert_to(unique_key, current_setting('server_encoding')),"
+                " convert_to(function_name, current_setting('server_encoding')),"
+                f" priority, data, {when} FROM {source} ORDER BY ctid"
             ).fetchall()
             if rows:
-                with cursor.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN") as copy:
-                    for n, row in enumerate(rows, 1):
-                        copy.write_row(_cqueue.stored_job(top + n, b"C:%d" % n, *row))
+                conn.copy_rows(
+                    table,
+                    _COLUMNS,
+                    (
+                        _cqueue.stored_job(top + n, b"C:%d" % n, *row)
+                        for n, row in enumerate(rows, 1)
+                    ),
+                )
             top += len(rows)
             taken = {
                 r[0]
@@ -308,9 +302,7 @@ def _import_c_queues(conn: Any, table: str) -> int:
                 )
             }
             kept = _cqueue.kept_name(name, taken, _NAME_BYTES)
-            conn.execute(
-                sql.SQL("ALTER TABLE {} RENAME TO {}").format(source, sql.Identifier(kept))
-            )
+            conn.execute(f"ALTER TABLE {source} RENAME TO {_pgdriver.quote_identifier(kept)}")
             imported.append((schema, name, len(rows), kept))
     for schema, name, n, kept in imported:
         log.info(
@@ -319,7 +311,7 @@ def _import_c_queues(conn: Any, table: str) -> int:
             n=n,
             schema=schema,
             table=name,
-            database=conn.info.dbname,
+            database=conn.database,
             kept=kept,
         )
     return sum(n for _, _, n, _ in imported)
@@ -339,8 +331,9 @@ class PostgreSQLStore(ThreadedStore):
     """
     An L{IJobStore} in a PostgreSQL table (default C{txgearmand_jobs}).
 
-    One connection, used from one thread owned by the store; each batch of
-    writes is one transaction (new jobs with C{COPY}).  A lost connection
+    One connection (psycopg or pg8000: see L{_pgdriver}), used from one
+    thread owned by the store; each batch of writes is one transaction
+    (new jobs with C{COPY}).  A lost connection
     is opened again for the next batch.  C gearmand's libpq queue tables
     found on opening are imported (see L{check_postgresql}).
     """
@@ -532,7 +525,7 @@ class PostgreSQLStore(ThreadedStore):
             )
         return Adoption(adopted, kept)
 
-    def _taken_over(self, conn: Any) -> list[int]:
+    def _taken_over(self, conn: _pgdriver.Connection) -> list[int]:
         """
         This node's heartbeat was refused: another node adopted its jobs
         (or the node was started again elsewhere).  Start a new epoch, and
@@ -586,7 +579,7 @@ class PostgreSQLStore(ThreadedStore):
         )
         return kept
 
-    def _adopt_node(self, conn: Any, name: str) -> list[StoredJob]:
+    def _adopt_node(self, conn: _pgdriver.Connection, name: str) -> list[StoredJob]:
         """
         Adopt a dead node's jobs in one transaction: its row locked (a
         node adopting it at the same time skips it), its epoch bumped
@@ -642,7 +635,7 @@ class PostgreSQLStore(ThreadedStore):
     def _write(self, batch: Batch) -> None:
         try:
             self._write_once(batch)
-        except _psycopg().OperationalError:
+        except _pgdriver.connection_errors():
             # The connection may have died since the last batch: once more
             # (on a new connection, which fails at once if the database is
             # gone).
@@ -656,15 +649,12 @@ class PostgreSQLStore(ThreadedStore):
         node = self.node
         epoch = self.epoch
         with conn.transaction():
-            cur = conn.cursor()
             if adds:
-                with cur.copy(f"COPY {self.table} ({_OWNED_COLUMNS}) FROM STDIN") as copy:
-                    for job in adds:
-                        copy.write_row((*job, node, epoch))
+                conn.copy_rows(self.table, _OWNED_COLUMNS, ((*job, node, epoch) for job in adds))
             if removes:
                 # Fenced: rows another node adopted (or a later start of
                 # this node reclaimed) are not this node's to remove.
-                cur.execute(
+                conn.execute(
                     f"DELETE FROM {self.table} WHERE owner = %s AND epoch = %s AND id = ANY(%s)",
                     (node, epoch, removes),
                 )

@@ -3,6 +3,9 @@ A PostgreSQL server for tests: the one named by C{TXGEARMAND_TEST_POSTGRESQL}
 (a conninfo URL), or a private cluster this helper starts once per test
 process from Debian's C{postgresql} package (C{initdb} and C{pg_ctl}) in a
 temporary directory, listening on a free loopback port, and stops at exit.
+
+The tests reach it through L{txgearmand.store._pgdriver}, with psycopg 3
+or pg8000: L{DriverMixin} runs a test case with the driver it names.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from typing import Any
 
 from txgearmand.test._process import free_port
 
@@ -46,20 +50,19 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 def _check_driver() -> None:
-    import platform
+    # Imported here: the helper's command line (for CI) needs only the
+    # standard library.
+    from txgearmand.store import _pgdriver
 
-    if platform.python_implementation() == "PyPy":
-        raise Unavailable("psycopg 3 does not run on PyPy 7.3 (its ctypes libpq binding fails)")
+    try:
+        _pgdriver.choose()
+    except RuntimeError as e:
+        raise Unavailable(str(e)) from None
 
 
 def _start(keep: bool = False) -> str:
-    _check_driver()
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        raise Unavailable(
-            "psycopg is not installed (pip install 'txgearmand[postgresql]')"
-        ) from None
+    if not keep:
+        _check_driver()
     initdb = _binary("initdb")
     pg_ctl = _binary("pg_ctl")
     directory = tempfile.mkdtemp(prefix="txgearmand-pg-")
@@ -147,12 +150,57 @@ def fresh_database() -> str:
     A new, empty database on the test server; its conninfo URL.
     """
     base = server_url()
-    import psycopg
-
     name = "t_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+    query(base, f"CREATE DATABASE {name}")
     return base.rsplit("/", 1)[0] + "/" + name
+
+
+def query(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """
+    Run one statement on a connection of its own (with the driver the
+    store would use); its rows.
+    """
+    from txgearmand.store import _pgdriver
+
+    conn = _pgdriver.connect(url, connect_timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+class DriverMixin:
+    """
+    Runs a test case's tests with the PostgreSQL driver L{driver} names
+    (C{TXGEARMAND_PG_DRIVER}, for the test process and the servers it
+    starts), or skips them, saying why, where it cannot be used.  Mix in
+    before C{TestCase}, and call L{use_driver} first thing in C{setUp}.
+    """
+
+    #: One of L{txgearmand.store._pgdriver.DRIVERS}.
+    driver = "psycopg"
+
+    def use_driver(self) -> None:
+        """
+        Use L{driver} until the test ends.
+        """
+        from twisted.trial.unittest import SkipTest
+
+        from txgearmand.store import _pgdriver
+
+        why = _pgdriver.available(self.driver)
+        if why is not None:
+            raise SkipTest(why)
+        old = os.environ.get(_pgdriver.ENVIRONMENT)
+        os.environ[_pgdriver.ENVIRONMENT] = self.driver
+
+        def restore() -> None:
+            if old is None:
+                os.environ.pop(_pgdriver.ENVIRONMENT, None)
+            else:
+                os.environ[_pgdriver.ENVIRONMENT] = old
+
+        self.addCleanup(restore)  # type: ignore[attr-defined]
 
 
 class Cluster:

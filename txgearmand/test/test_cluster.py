@@ -234,11 +234,7 @@ def sql(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
     """
     Run one statement on the test database; its rows.
     """
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(query, args or None)
-        return cursor.fetchall() if cursor.description else []
+    return _postgres.query(url, query, *args)
 
 
 class Cluster:

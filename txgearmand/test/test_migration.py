@@ -65,12 +65,7 @@ def _postgresql() -> str:
         raise SkipTest(str(e)) from None
 
 
-def _query(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        cursor = conn.execute(query, args or None)
-        return cursor.fetchall() if cursor.description else []
+_query = _postgres.query
 
 
 class _CaptureCase(SynchronousTestCase):
@@ -310,12 +305,14 @@ class CQueueTests(_CGearmandCase):
             )
 
 
-class CPostgreSQLQueueTests(_CGearmandCase):
+class CPostgreSQLQueueTests(_postgres.DriverMixin, _CGearmandCase):
     """
-    C gearmand's libpq queue, found in a PostgreSQL store, brought over.
+    C gearmand's libpq queue, found in a PostgreSQL store, brought over
+    (through psycopg 3).
     """
 
     def setUp(self) -> None:
+        self.use_driver()
         self.url = _postgresql()
 
     def pg_queue(self, *options: str) -> tuple[Path, int]:
@@ -404,6 +401,14 @@ class CPostgreSQLQueueTests(_CGearmandCase):
             ],
             [(b"C:1", "f\u00e9".encode(), b"", b"\x00\xff", 0, None)],
         )
+
+
+class PG8000CPostgreSQLQueueTests(CPostgreSQLQueueTests):
+    """
+    L{CPostgreSQLQueueTests} through pg8000.
+    """
+
+    driver = "pg8000"
 
 
 class KeptNameTests(SynchronousTestCase):

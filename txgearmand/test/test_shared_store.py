@@ -48,13 +48,14 @@ def job(n: int, function: bytes = b"f") -> StoredJob:
     return StoredJob(n, b"H:x:%d" % n, function, b"u%d" % n, b"data %d" % n, 1, None, b"")
 
 
-class _SharedTestsMixin(TestCase):
+class _SharedTestsMixin(_postgres.DriverMixin, TestCase):
     """
     A fresh database per test, and stores (nodes) on it that are closed at
-    the end.
+    the end; through psycopg 3 (each test case has a pg8000 twin).
     """
 
     def setUp(self) -> None:
+        self.use_driver()
         try:
             self.url = _postgres.fresh_database()
         except _postgres.Unavailable as e:
@@ -72,11 +73,7 @@ class _SharedTestsMixin(TestCase):
         return store
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
-        import psycopg
-
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            cursor = conn.execute(query, args or None)
-            return cursor.fetchall() if cursor.description else []
+        return _postgres.query(self.url, query, *args)
 
 
 class OwnershipTests(_SharedTestsMixin):
@@ -140,6 +137,14 @@ class OwnershipTests(_SharedTestsMixin):
         await a.remove_many([1])
         self.assertEqual(await a.load(), [job(2)])
         self.assertEqual(await b.load(), [job(1, b"g")])
+
+
+class PG8000OwnershipTests(OwnershipTests):
+    """
+    L{OwnershipTests} through pg8000.
+    """
+
+    driver = "pg8000"
 
 
 def payloads(jobs: list[StoredJob]) -> list[bytes]:
@@ -240,6 +245,14 @@ class TakeoverTests(_SharedTestsMixin):
             self.sql("SELECT count(*) FROM txgearmand_jobs WHERE owner NOT IN ('b', 'c')"),
             [(0,)],
         )
+
+
+class PG8000TakeoverTests(TakeoverTests):
+    """
+    L{TakeoverTests} through pg8000.
+    """
+
+    driver = "pg8000"
 
 
 @implementer(ISharedJobStore)
@@ -353,15 +366,17 @@ class SharedDurabilityTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class TwoServersTests(SynchronousTestCase):
+class TwoServersTests(_postgres.DriverMixin, SynchronousTestCase):
     """
-    Two real C{twistd gearmand} on one PostgreSQL database.
+    Two real C{twistd gearmand} on one PostgreSQL database, through
+    psycopg 3.
     """
 
     def start_two(self) -> tuple[_process.Server, _process.Server]:
         """
         Two servers on a fresh database, taking over after 1 s.
         """
+        self.use_driver()
         try:
             url = _postgres.fresh_database()
         except _postgres.Unavailable as e:
@@ -447,3 +462,11 @@ class TwoServersTests(SynchronousTestCase):
         again.start()
         self.assertEqual(_process.admin(again.port, b"status"), b".\n")
         self.assertEqual(again.stop(), -15)
+
+
+class PG8000TwoServersTests(TwoServersTests):
+    """
+    L{TwoServersTests} through pg8000.
+    """
+
+    driver = "pg8000"

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from txgearmand.interfaces import IJobStore, StoredJob
-from txgearmand.store import MemoryStore, check_store_url, store_from_url
+from txgearmand.store import MemoryStore, _pgdriver, check_store_url, store_from_url
 from txgearmand.store._batch import Batch, BatchWriter
 from txgearmand.store.postgresql import PostgreSQLStore
 from txgearmand.store.sqlite import SQLiteStore
@@ -240,13 +240,14 @@ class SQLiteStoreTests(_JobStoreContractMixin, TestCase):
             await store.open()
 
 
-class PostgreSQLStoreTests(_JobStoreContractMixin, TestCase):
+class PostgreSQLStoreTests(_postgres.DriverMixin, _JobStoreContractMixin, TestCase):
     """
     L{PostgreSQLStore}, on a real PostgreSQL server (skipped, saying why,
-    only when none can be started).
+    only when none can be started), through psycopg 3.
     """
 
     def setUp(self) -> None:
+        self.use_driver()
         try:
             self.url = _postgres.fresh_database()
         except _postgres.Unavailable as e:
@@ -262,11 +263,10 @@ class PostgreSQLStoreTests(_JobStoreContractMixin, TestCase):
         """
         A server that cannot be reached fails C{open}.
         """
-        import psycopg
-
         store = PostgreSQLStore(reactor, "postgresql://nobody@127.0.0.1:1/none")
-        with self.assertRaises(psycopg.OperationalError):
+        with self.assertRaises(_pgdriver.connection_errors()) as caught:
             await store.open()
+        self.assertIn("Connection refused", str(caught.exception))
 
     async def test_reconnects(self) -> None:
         """
@@ -279,6 +279,50 @@ class PostgreSQLStoreTests(_JobStoreContractMixin, TestCase):
         store._conn.close()
         await store.add_many([job(2)])
         self.assertEqual([j.id for j in await store.load()], [1, 2])
+
+    async def test_reconnects_after_server_drops(self) -> None:
+        """
+        After the server ends the store's connection (the driver finds out
+        only when it next uses it), the next batch is written on a new
+        one.
+        """
+        store = await self.opened()
+        assert isinstance(store, PostgreSQLStore)
+        await store.add_many([job(1)])
+        killed = _postgres.query(
+            self.url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        self.assertEqual(killed, [(True,)])
+        await store.add_many([job(2)])
+        self.assertEqual([j.id for j in await store.load()], [1, 2])
+
+    async def test_bytes_round_trip(self) -> None:
+        """
+        Every byte value, empty fields, a node name with COPY's special
+        characters, and times survive as they were.
+        """
+        store = PostgreSQLStore(reactor, self.url, node="a\\tb\tc\nd\re'f")
+        await store.open()
+        self.addCleanup(store.close)
+        jobs = [
+            job(1, handle=bytes(range(256)), payload=b"", unique=b"\\N", reducer=b"\xff\x00"),
+            job(2, function=b"\\x00\t\n", payload=bytes(range(255, -1, -1)) * 3, when=0.1),
+            job(3, when=1e-300, priority=2),
+        ]
+        await store.add_many(jobs)
+        self.assertEqual(await store.load(), jobs)
+        self.assertEqual(await store.adopt(), ([], None))
+
+
+class PG8000StoreTests(PostgreSQLStoreTests):
+    """
+    L{PostgreSQLStore} through pg8000 (skipped, saying why, where pg8000
+    is not installed).
+    """
+
+    driver = "pg8000"
 
 
 class URLTests(SynchronousTestCase):

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from txgearmand.interfaces import Adoption, ISharedJobStore, StoredJob, StoreUnavailable
 from txgearmand.server import JobServer
 from txgearmand.status import snapshot
-from txgearmand.store import MemoryStore, postgresql
+from txgearmand.store import MemoryStore, _pgdriver, postgresql
 from txgearmand.store.postgresql import PostgreSQLStore
 from txgearmand.test import _postgres, _process
 from txgearmand.test.helpers import FakeConnection
@@ -73,12 +73,14 @@ class _Now:
         return self.now
 
 
-class BackoffTests(TestCase):
+class BackoffTests(_postgres.DriverMixin, TestCase):
     """
-    The store, on a database stopped and started under it.
+    The store, on a database stopped and started under it (through
+    psycopg 3; L{PG8000BackoffTests} through pg8000).
     """
 
     def setUp(self) -> None:
+        self.use_driver()
         self.cluster = private_cluster(self)
         self.events = _capture(self)
         self.connects = 0
@@ -153,7 +155,7 @@ class BackoffTests(TestCase):
         self.cluster.stop()
         # The first heartbeat fails on the connection the database closed;
         # the next, connecting again, finds the database gone.
-        with self.assertRaises(postgresql._psycopg().OperationalError):
+        with self.assertRaises(_pgdriver.connection_errors()):
             await store.adopt()
         with self.assertRaises(StoreUnavailable):
             await store.adopt()
@@ -185,14 +187,24 @@ class BackoffTests(TestCase):
         await store._run(age)
 
 
-class NodeTests(TestCase):
+class PG8000BackoffTests(BackoffTests):
+    """
+    L{BackoffTests} through pg8000.
+    """
+
+    driver = "pg8000"
+
+
+class NodeTests(_postgres.DriverMixin, TestCase):
     """
     Two servers given one node name take each other's place at every
     heartbeat: each says so, once a minute.  Nodes long gone with no job
-    left are forgotten.
+    left are forgotten.  (Through psycopg 3; L{PG8000NodeTests} through
+    pg8000.)
     """
 
     def setUp(self) -> None:
+        self.use_driver()
         try:
             self.url = _postgres.fresh_database()
         except _postgres.Unavailable as e:
@@ -271,6 +283,14 @@ class NodeTests(TestCase):
         await again.open()
         self.addCleanup(again.close)
         self.assertGreater(again.epoch, max(before.values()))
+
+
+class PG8000NodeTests(NodeTests):
+    """
+    L{NodeTests} through pg8000.
+    """
+
+    driver = "pg8000"
 
 
 @implementer(ISharedJobStore)
@@ -370,10 +390,10 @@ class ServerSideTests(SynchronousTestCase):
         self.assertEqual(len(self.store.removed), 1)
 
 
-class StoppedUnderLoadTests(SynchronousTestCase):
+class StoppedUnderLoadTests(_postgres.DriverMixin, SynchronousTestCase):
     """
     A real C{twistd gearmand} on a PostgreSQL cluster that is stopped and
-    started while a client submits and a worker works.
+    started while a client submits and a worker works (through psycopg 3).
     """
 
     def test_stop_and_start(self) -> None:
@@ -384,6 +404,7 @@ class StoppedUnderLoadTests(SynchronousTestCase):
         without a restart; every acknowledged job is done, and the jobs
         done while it was down do not come back at the next start.
         """
+        self.use_driver()
         cluster = private_cluster(self)
         workdir = Path(self.mktemp()).resolve()
         workdir.mkdir(parents=True)
@@ -491,3 +512,11 @@ def wait_for(condition: Any, seconds: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not so after {seconds} s")
         time.sleep(0.02)
+
+
+class PG8000StoppedUnderLoadTests(StoppedUnderLoadTests):
+    """
+    L{StoppedUnderLoadTests} through pg8000.
+    """
+
+    driver = "pg8000"
