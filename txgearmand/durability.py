@@ -38,6 +38,7 @@ from txgearmand.job import JobTable
 from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import Job, JobState
 from txgearmand.schedule import Schedule
+from txgearmand.wire import PacketType
 
 __all__ = ["Durability"]
 
@@ -291,6 +292,10 @@ class Durability:
                 worker = job.worker
                 if worker is not None and worker.connected:
                     worker.remember_released(job.handle)
+            if job.listeners:
+                # Foreground submissions that joined it: its result comes
+                # on another server now, never here.
+                job.relay(PacketType.WORK_FAIL, job.handle)
             self._lost(job)
         self.log.warn(
             "This server (node {node}) was taken over: another server adopted its stored"

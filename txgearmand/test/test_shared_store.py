@@ -342,6 +342,22 @@ class SharedDurabilityTests(SynchronousTestCase):
         self.assertEqual(len(self.store.jobs), 3)
         self.assertEqual(worker.grab()[1][0], kept)
 
+    def test_taken_over_with_listeners(self) -> None:
+        """
+        A foreground submission that joined a stored job (same unique id)
+        gets WORK_FAIL when the job is dropped: it runs on another server
+        now, and its result will not come here.
+        """
+        client = FakeConnection(self.server)
+        handle = client.submit(b"f", b"x", unique=b"u", ptype=P.SUBMIT_JOB_BG)
+        waiter = FakeConnection(self.server)
+        self.assertEqual(waiter.submit(b"f", b"x", unique=b"u"), handle)
+        self.store.adoptions.append(Adoption([], []))
+        self.clock.advance(1)
+        self.assertEqual(self.server.jobs(), [])
+        self.assertEqual(waiter.packets(), [(P.WORK_FAIL, (handle,))])
+        self.assertEqual(client.packets(), [])
+
     def test_not_while_draining(self) -> None:
         """
         A server draining to stop still proves it is alive, but adopts
