@@ -25,7 +25,7 @@ __all__ = ["C_TABLE", "PostgreSQLStore", "check_postgresql"]
 
 log = _log.logger("txgearmand.store.postgresql")
 
-_COLUMNS = "id, handle, function, uniq, payload, priority, when_to_run, reducer"
+_COLUMNS = "id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
     id BIGINT PRIMARY KEY,
@@ -35,9 +35,19 @@ CREATE TABLE IF NOT EXISTS {table} (
     payload BYTEA NOT NULL,
     priority SMALLINT NOT NULL,
     when_to_run DOUBLE PRECISION,
-    reducer BYTEA NOT NULL
+    reducer BYTEA NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
 )
 """
+# A table from before the retry policy has no attempts column: added.
+_ADD_ATTEMPTS = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS attempts INTEGER NOT NULL DEFAULT 0"
+# A job stored again (it failed and waits for its next attempt: only such
+# jobs have attempts) replaces its row; new jobs go in with COPY.
+_UPSERT = (
+    "INSERT INTO {table} (" + _COLUMNS + ") VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (id) DO UPDATE SET when_to_run = EXCLUDED.when_to_run,"
+    " attempts = EXCLUDED.attempts"
+)
 
 
 def _psycopg() -> Any:
@@ -91,6 +101,7 @@ def _connect(conninfo: str, table: str, import_c: bool = True) -> Any:
     psycopg = _psycopg()
     conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
     conn.execute(_SCHEMA.format(table=table))
+    conn.execute(_ADD_ATTEMPTS.format(table=table))
     if import_c and _c_tables(conn):
         _import_c_queues(conn, table)
     return conn
@@ -228,9 +239,15 @@ class PostgreSQLStore(ThreadedStore):
         with conn.transaction():
             cur = conn.cursor()
             if adds:
-                with cur.copy(f"COPY {self.table} ({_COLUMNS}) FROM STDIN") as copy:
-                    for job in adds:
-                        copy.write_row(job)
+                new = [job for job in adds if not job.attempts]
+                if new:
+                    with cur.copy(f"COPY {self.table} ({_COLUMNS}) FROM STDIN") as copy:
+                        for job in new:
+                            copy.write_row(job)
+                if len(new) < len(adds):
+                    cur.executemany(
+                        _UPSERT.format(table=self.table), [job for job in adds if job.attempts]
+                    )
             if removes:
                 cur.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (removes,))
 
