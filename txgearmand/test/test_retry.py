@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sqlite3
+import time
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txgearmand.interfaces import StoredJob
 from txgearmand.meters import COMPLETED, EXCEPTIONS, FAILED, RETRIED
@@ -22,7 +24,9 @@ from txgearmand.settings import Settings, SettingsError
 from txgearmand.store import MemoryStore
 from txgearmand.store.sqlite import SQLiteStore
 from txgearmand.tap import Options
+from txgearmand.test._process import run
 from txgearmand.test.helpers import LOCAL, REMOTE, FakeConnection, ServerTestMixin
+from txgearmand.test.test_interop import ServerMixin, status, wait_until
 from txgearmand.wire import PacketType as P
 
 reactor: Any = _reactor
@@ -458,3 +462,31 @@ class AdminTests(_RetryMixin, SynchronousTestCase):
         self.assertEqual(self.connect(REMOTE).admin(b"show retries"), b".\n")
         self.assertEqual(self.connect(LOCAL).admin(b"retryfailed f 3"), b"OK\r\n")
         self.assertEqual(self.server.retry_failed(b"f"), 3)
+
+
+class ProcessTests(ServerMixin, SynchronousTestCase):
+    """
+    C{twistd gearmand --retry-failed} with a real libgearman worker
+    (C{gearman -w} from Debian's gearman-tools): a command that exits
+    non-zero makes it answer WORK_FAIL.
+    """
+
+    def test_always_failing_worker(self) -> None:
+        """
+        A background job whose worker always fails is tried 3 times with
+        C{--retry-failed 2}, after short delays, and then no more.
+        """
+        if shutil.which("gearman") is None:
+            raise SkipTest("gearman is not installed (Debian package gearman-tools)")
+        self.start_server("--retry-failed=2", "--retry-backoff=0.2,0.4", "--queue=memory")
+        port = self.port
+        tries = self.workdir / "tries.txt"
+        tool = ["gearman", "-h", "127.0.0.1", "-p", str(port)]
+        command = ["sh", "-c", f"echo try >> {tries}; exit 1"]
+        self.spawn([*tool, "-w", "-f", "retryme", "--", *command], name="worker")
+        wait_until(lambda: status(port).get(b"retryme", (0, 0, 0))[2] >= 1, what="the worker")
+        run([*tool, "-b", "-f", "retryme", "payload"], timeout=60)
+        wait_until(lambda: tries.exists() and tries.read_bytes().count(b"\n") == 3, what="3 tries")
+        wait_until(lambda: status(port)[b"retryme"][0] == 0, what="the job to end")
+        time.sleep(1.0)
+        self.assertEqual(tries.read_bytes(), b"try\n" * 3)
