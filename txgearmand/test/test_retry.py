@@ -18,6 +18,7 @@ from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txgearmand.interfaces import StoredJob
+from txgearmand.job import JobState
 from txgearmand.meters import COMPLETED, EXCEPTIONS, FAILED, RETRIED
 from txgearmand.server import JobServer
 from txgearmand.settings import Settings, SettingsError
@@ -346,6 +347,22 @@ class DurableRetryTests(_RetryMixin, SynchronousTestCase):
         self.assertEqual(self.server.jobs(), [])
         self.assertEqual(store.jobs, {})
 
+    def test_cancelled_in_the_turn_it_failed(self) -> None:
+        """
+        A job cancelled in the turn it failed and was stored again is
+        removed from the store.
+        """
+        store = MemoryStore()
+        self.start(store=store, retry_failed=1)
+        handle = self.connect().submit(b"f", b"", b"", P.SUBMIT_JOB_BG)
+        worker = self.worker(b"f")
+        self.take(worker, handle)
+        with self.server.output:
+            self.server.work_fail(worker.participant, handle)
+            self.assertTrue(self.server.cancel_job(handle))
+        self.clock.advance(0)
+        self.assertEqual(store.jobs, {})
+
     def test_not_written_when_off(self) -> None:
         """
         Without retries, a failed job is removed from the store as before.
@@ -403,6 +420,25 @@ class SQLiteRetryTests(TestCase):
         self.addCleanup(again.close)
         (record,) = await again.load()
         self.assertEqual((record.id, record.attempts, record.when), (7, 1, 12.5))
+
+    async def test_replayed(self) -> None:
+        """
+        A server started on an SQLite store holds a job stored with
+        attempts and a next run time in the future until that time, its
+        attempts kept.
+        """
+        path = self.old_file()
+        store = SQLiteStore(reactor, path)
+        await store.open()
+        (record,) = await store.load()
+        await store.add_many([record._replace(attempts=2, when=time.time() + 1000)])
+        await store.close()
+        server = JobServer(reactor, store=SQLiteStore(reactor, path), retry_failed=3)
+        server.startService()
+        await server.when_ready()
+        (job,) = server.jobs()
+        self.assertEqual((job.handle, job.attempts, job.state), (b"H:old:7", 2, JobState.SCHEDULED))
+        await server.stopService()
 
 
 class AdminTests(_RetryMixin, SynchronousTestCase):
