@@ -10,8 +10,13 @@ answering byte for byte as the peer that has it does.  A reply is built
 whole and sent in one write: C{gearadmin} stops reading after 5 ms of
 silence.
 
+txgearmand's own: C{limits}, C{retryfailed FUNCTION [N]} (the retry
+policy of a function's failed background jobs) and C{show retries}
+(a line per function: its name, retry limit, jobs waiting to be tried
+again and retries so far, tab-separated).
+
 The commands that change the server (C{shutdown}, C{maxqueue} with
-arguments, C{cancel job}, C{create function}, C{drop function},
+arguments, C{retryfailed}, C{cancel job}, C{create function}, C{drop function},
 C{verbose} with arguments) are refused with C{ERR PERMISSION_DENIED ...}
 to peers that no C{--admin-allow} rule allows, when there are rules
 (L{txgearmand.access.AccessRules}).
@@ -26,6 +31,7 @@ from txgearmand._version import __version__
 from txgearmand.access import identity_of_peer
 from txgearmand.interfaces import IPeer
 from txgearmand.job import JobState
+from txgearmand.meters import RETRIED
 from txgearmand.server import JobServer
 from txgearmand.wire import GearmanError
 
@@ -107,6 +113,44 @@ def _maxqueue(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     return _OK
 
 
+def _retryfailed(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
+    # txgearmand's own, in maxqueue's shape: "retryfailed FUNC [N]"; no N
+    # goes back to --retry-failed.
+    if not args:
+        return _err_incomplete(b"retryfailed")
+    if len(args) > 2:
+        return b"ERR INVALID_ARGUMENTS Too+many+arguments+were+sent+to+this+command+retryfailed\r\n"
+    limit = None
+    if len(args) == 2:
+        try:
+            limit = int(args[1])
+        except ValueError:
+            limit = -1
+        if limit < 0:
+            return b"ERR INVALID_ARGUMENTS retryfailed+takes+a+count+of+0+or+more\r\n"
+    server.set_retry_failed(args[0], limit)
+    return _OK
+
+
+def _show_retries(server: JobServer) -> list[bytes]:
+    # "FUNCTION\tLIMIT\tWAITING\tRETRIED": its retry limit, its jobs waiting
+    # for their next attempt, and how many retries since the start.
+    waiting: dict[bytes, int] = {}
+    for job in server.jobs():
+        if job.attempts and job.state is JobState.SCHEDULED:
+            waiting[job.queue.name] = waiting.get(job.queue.name, 0) + 1
+    return [
+        b"%s\t%d\t%d\t%d\n"
+        % (
+            fq.name,
+            server.retry_failed(fq.name),
+            waiting.get(fq.name, 0),
+            fq.counts[RETRIED],
+        )
+        for fq in server.registry.listed()
+    ]
+
+
 def _show(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if not args:
         return _err_unknown(b"show")
@@ -118,6 +162,8 @@ def _show(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
         ]
     elif what == [b"unique", b"jobs"]:
         lines = [job.unique + b"\n" for job in server.jobs()]
+    elif what == [b"retries"]:
+        lines = _show_retries(server)
     else:
         return b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
     lines.append(_END)
@@ -224,6 +270,7 @@ COMMANDS: dict[bytes, Callable[[JobServer, IPeer, list[bytes]], bytes]] = {
     b"prioritystatus": _prioritystatus,
     b"workers": _workers,
     b"maxqueue": _maxqueue,
+    b"retryfailed": _retryfailed,
     b"show": _show,
     b"cancel": _cancel,
     b"create": _create,
@@ -245,6 +292,7 @@ COMMANDS: dict[bytes, Callable[[JobServer, IPeer, list[bytes]], bytes]] = {
 _MUTATING = {
     b"shutdown": b"shutdown",
     b"maxqueue": b"maxqueue",
+    b"retryfailed": b"retryfailed",
     b"cancel": b"cancel+job",
     b"create": b"create+function",
     b"drop": b"drop+function",

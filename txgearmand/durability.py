@@ -209,6 +209,7 @@ class Durability:
             )
             job.require_listener = False
             job.store_id = record.id
+            job.attempts = record.attempts
             table.add(job)
             if record.when is not None and record.when > now:
                 schedule.add(job)
@@ -362,6 +363,20 @@ class Durability:
         if not self._batch.depth:
             self._batch.flush()
 
+    def update(self, job: Job) -> None:
+        """
+        A stored job changed (its attempts and next run time, after a
+        failed attempt): store it again under its id, with the others of
+        this turn.  It is durable already: submissions that join it are
+        answered at once.
+        """
+        store_id = job.store_id
+        if store_id is None or self.store is None:
+            return
+        self._to_store[store_id] = job
+        if not self._batch.depth:
+            self._batch.flush()
+
     def forget(self, job: Job) -> None:
         """
         A stored job ended: remove it from the store (or, if it ended in the
@@ -371,10 +386,15 @@ class Durability:
         if store_id is None or self.store is None:
             return
         job.store_id = None
-        if self._to_store.pop(store_id, None) is not None:
-            self._not_stored.append(job)
-        else:
+        if self._to_store.pop(store_id, None) is None:
             self._to_remove.append(store_id)
+        elif job.attempts:
+            # Stored again this turn (see update): its row was written before.
+            self._to_remove.append(store_id)
+            if job.commit_waiters is not None:
+                self._not_stored.append(job)
+        else:
+            self._not_stored.append(job)
         if not self._batch.depth:
             self._batch.flush()
 
@@ -403,6 +423,7 @@ class Durability:
                         job.priority,
                         job.when,
                         job.reducer,
+                        job.attempts,
                     )
                     for job in jobs
                 ]

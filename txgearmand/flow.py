@@ -12,6 +12,8 @@ and offers its steps under Gearman::Server's names.
 
 from __future__ import annotations
 
+import random
+
 from twisted.internet.interfaces import IReactorTime
 
 from txgearmand import _log
@@ -73,6 +75,10 @@ class JobFlow:
     @ivar schedule: the L{Schedule} of jobs submitted for a later time.
     @ivar jobs_accepted: jobs made (not coalesced) since the start.
     @ivar jobs_ended: jobs ended since the start.
+    @ivar retry_limits: the retry policy's limits set at run time by
+        function (admin C{retryfailed}), over L{Settings.retry_failed}.
+    @ivar random: where the jitter of retry delays comes from (tests
+        replace it).
     """
 
     log = _log.logger("txgearmand.flow")
@@ -111,6 +117,8 @@ class JobFlow:
         self._output = output
         self.jobs_accepted = 0
         self.jobs_ended = 0
+        self.retry_limits: dict[bytes, int] = {}
+        self.random = random.Random()
 
     def _may_adopt(self) -> bool:
         # A server draining to stop takes no more jobs from dead servers.
@@ -373,7 +381,10 @@ class JobFlow:
             )
             job.queue.counts[FAILED] += 1
             job.relay(_WORK_FAIL, job.handle)
-            self._forget(job)
+            if job.require_listener:
+                self._forget(job)
+            else:
+                self._gave_up(job, f"no result in {job.retries} attempts")
         elif job.require_listener and not job.listeners:
             self._forget(job)
         else:
@@ -386,6 +397,95 @@ class JobFlow:
             job.queue.counts[RETRIED] += 1
             job.numerator = job.denominator = b"0"
             self.enqueue(job)
+
+    # -- the retry policy (--retry-failed) -------------------------------
+
+    def retry_limit(self, function: bytes) -> int:
+        """
+        How many times a background job of C{function} that failed is
+        tried again: its run-time limit, else L{Settings.retry_failed}.
+        """
+        return self.retry_limits.get(function, self.settings.retry_failed)
+
+    def set_retry_limit(self, function: bytes, limit: int | None) -> None:
+        """
+        Set (or, with C{None}, clear) a function's run-time retry limit.
+        """
+        if limit is None:
+            self.retry_limits.pop(function, None)
+        else:
+            self.retry_limits[function] = max(limit, 0)
+        self.log.info(
+            "Failed background jobs of {function} are now tried again {limit} times{how}",
+            function=text(function),
+            limit=self.retry_limit(function),
+            how="" if limit is not None else " (the --retry-failed default)",
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """
+        The delay before the next attempt of a job that failed C{attempts}
+        times: L{Settings.retry_backoff}'s first delay, doubled for each
+        further failure, at most its cap, and drawn between half and all
+        of that (jitter from L{random}).
+        """
+        first, cap = self.settings.retry_backoff
+        delay = min(cap, first * 2.0 ** min(attempts - 1, 1000))
+        return delay * (0.5 + 0.5 * self.random.random())
+
+    def _failed(self, job: Job, reason: str) -> None:
+        """
+        A background job's attempt ended in WORK_FAIL or WORK_EXCEPTION
+        (its listeners were told): try it again later, keeping its handle,
+        unique id and priority, or give up once it has failed one time
+        more than its function's retry limit.
+        """
+        self._release(job)
+        job.attempts += 1
+        limit = self.retry_limits.get(job.queue.name, self.settings.retry_failed)
+        if job.attempts > limit:
+            self._gave_up(job, reason)
+            return
+        delay = self.backoff(job.attempts)
+        job.when = self.reactor.seconds() + delay
+        job.numerator = job.denominator = b"0"
+        # Its foreground submitters were told it failed: they are done.
+        for listener in job.listeners:
+            listener.listening.pop(job, None)
+        job.listeners = ()  # type: ignore[assignment]
+        job.queue.counts[RETRIED] += 1
+        self.log.info(
+            "Job {handle} ({function}) attempt {attempt} of {attempts} failed ({reason});"
+            " tried again in {delay:.3f} s",
+            handle=text(job.handle),
+            function=text(job.queue.name),
+            delay=delay,
+            attempt=job.attempts,
+            attempts=limit + 1,
+            reason=reason,
+        )
+        if job.store_id is not None:
+            self.durability.update(job)
+        self.schedule.add(job)
+
+    def _gave_up(self, job: Job, reason: str) -> None:
+        """
+        A background job failed for the last time (WORK_FAIL or
+        WORK_EXCEPTION past the retry limit, or no result within
+        C{--job-retries} attempts); it is out of its queue and off its
+        worker, and ends here.
+
+        @param reason: why its last attempt failed, for the log.
+        """
+        if job.attempts > 1:
+            self.log.info(
+                "Job {handle} ({function}) ended after {attempts} failed attempts: {reason}",
+                handle=text(job.handle),
+                function=text(job.queue.name),
+                attempts=job.attempts,
+                reason=reason,
+            )
+        self._forget(job)
 
     # -- the end --------------------------------------------------------
 
@@ -520,7 +620,10 @@ class JobFlow:
             job.queue.counts[FAILED] += 1
             if job.started is not None:
                 self._ran(job)
-            self.finish(job)
+            if job.require_listener:
+                self.finish(job)
+            else:
+                self._failed(job, "failed")
 
     def work_exception(self, worker: Participant, handle: bytes, data: bytes) -> None:
         """
@@ -537,7 +640,7 @@ class JobFlow:
                 handle=text(handle),
                 function=text(job.queue.name),
                 worker=worker.describe(),
-                exception=text(data[:_LOGGED_TEXT]) + ("..." if len(data) > _LOGGED_TEXT else ""),
+                exception=_cut(data),
             )
             job.relay_exception(data, self.settings.exceptions)
             worker.jobs_done += 1
@@ -547,7 +650,10 @@ class JobFlow:
                 self._ran(job)
             # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL.
             worker.remember_released(handle)
-            self.finish(job)
+            if job.require_listener:
+                self.finish(job)
+            else:
+                self._failed(job, "exception: " + _cut(data))
 
     def _ran(self, job: Job) -> None:
         assert job.started is not None
@@ -586,6 +692,13 @@ def _new_role(self: JobFlow, participant: Participant, role: int) -> None:
             peer=participant.describe(),
             id=text(participant.client_id),
         )
+
+
+def _cut(data: bytes) -> str:
+    """
+    An exception's text for the log, cut to L{_LOGGED_TEXT}.
+    """
+    return text(data[:_LOGGED_TEXT]) + ("..." if len(data) > _LOGGED_TEXT else "")
 
 
 def cancel_timer(job: Job) -> None:

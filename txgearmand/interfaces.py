@@ -38,6 +38,10 @@ class StoredJob(NamedTuple):
     @ivar priority: 0 high, 1 normal, 2 low.
     @ivar when: the epoch time it may run at (SUBMIT_JOB_EPOCH), or C{None}.
     @ivar reducer: its reducer (SUBMIT_REDUCE_JOB_BACKGROUND), or C{b""}.
+    @ivar attempts: how many of its attempts failed (WORK_FAIL or
+        WORK_EXCEPTION) under the retry policy (C{--retry-failed}); while
+        it waits to be tried again, L{when} is the time of its next
+        attempt.
     """
 
     id: int
@@ -48,6 +52,7 @@ class StoredJob(NamedTuple):
     priority: int
     when: Optional[float]
     reducer: bytes
+    attempts: int = 0
 
 
 class IPeer(Interface):
@@ -129,7 +134,9 @@ class IJobStore(Interface):
 
     def add_many(jobs: Sequence[StoredJob]) -> Deferred[None]:
         """
-        Store jobs.
+        Store jobs.  A job may come again with the id it was stored under,
+        changed (its L{StoredJob.attempts} and L{StoredJob.when}, when it
+        failed and waits to be tried again): it replaces the stored one.
 
         @return: a Deferred that fires once all of them are durable
             (committed): a crash after that does not lose them.

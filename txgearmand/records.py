@@ -93,6 +93,9 @@ class Job:
     @ivar numerator: the last WORK_STATUS numerator.
     @ivar denominator: the last WORK_STATUS denominator.
     @ivar retries: how many attempts failed (worker lost, timed out).
+    @ivar attempts: how many attempts of a background job its workers
+        answered with WORK_FAIL or WORK_EXCEPTION (the retry policy's
+        count, kept in the store).
     @ivar state: a L{JobState}.
     @ivar timer: the pending CAN_DO_TIMEOUT expiry while running.
     @ivar coalesce_key: the key it is indexed under for coalescing, if any.
@@ -122,6 +125,7 @@ class Job:
     numerator: bytes = b"0"
     denominator: bytes = b"0"
     retries: int = 0
+    attempts: int = 0
     state: JobState = JobState.QUEUED
     timer: Optional[IDelayedCall] = None
     coalesce_key: Optional[CoalesceKey] = None

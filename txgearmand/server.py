@@ -333,6 +333,21 @@ class JobServer(Service):
         """
         return self.registry.limits(function)
 
+    def set_retry_failed(self, function: Union[str, bytes], limit: int | None) -> None:
+        """
+        How many times background jobs of a function that fail (WORK_FAIL,
+        WORK_EXCEPTION) are tried again, over C{--retry-failed}; C{None}
+        goes back to it.
+        """
+        self.flow.set_retry_limit(_b(function), limit)
+
+    def retry_failed(self, function: Union[str, bytes]) -> int:
+        """
+        How many times a failed background job of a function is tried
+        again (see L{set_retry_failed}).
+        """
+        return self.flow.retry_limit(_b(function))
+
     # -- jobs -----------------------------------------------------------
 
     def new_job_handle(self) -> bytes:

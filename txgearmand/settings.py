@@ -76,6 +76,16 @@ def _max_queue(value: Mapping[bytes, Union[int, Iterable[int]]] | None) -> Mappi
     return MappingProxyType(out)
 
 
+def _backoff(value: Union[str, Iterable[float]]) -> tuple[float, float]:
+    # FIRST,CAP as the command line spells it, or two numbers.
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        first, cap = (float(part) for part in parts)
+    except (TypeError, ValueError):
+        raise SettingsError("retry_backoff", "must be FIRST,CAP: two numbers of seconds") from None
+    return (first, cap)
+
+
 def _prefix(value: bytes | None) -> bytes:
     return default_handle_prefix() if value is None else value
 
@@ -129,6 +139,14 @@ class Settings:
         turn, C{-1} never.
     @ivar job_retries: failed attempts (worker lost, CANT_DO, timeout)
         after which a job fails; C{0} retries forever.
+    @ivar retry_failed: times a background job whose worker answered
+        WORK_FAIL or WORK_EXCEPTION is queued again (after
+        L{retry_backoff}), so that it ends after C{retry_failed + 1} failed
+        attempts; C{0}: it ends at once.  Apart from L{job_retries}.
+    @ivar retry_backoff: the delay before a background job's first retry
+        and the most any retry waits, in seconds: the delay doubles with
+        each failed attempt up to the cap, and each is drawn between half
+        and all of it (jitter).
     @ivar job_handle_prefix: job handles are C{<prefix>:<n>} (default
         C{H:<hostname>}).
     @ivar max_packet_size: the largest packet body a connection accepts.
@@ -176,6 +194,8 @@ class Settings:
     wakeup: int = 3
     wakeup_delay: float = 0.1
     job_retries: int = 0
+    retry_failed: int = 0
+    retry_backoff: tuple[float, float] = attrs.field(default=(1.0, 300.0), converter=_backoff)
     job_handle_prefix: bytes = attrs.field(default=None, converter=_prefix)
     max_packet_size: int = wire.DEFAULT_MAX_PACKET_SIZE
     max_queue: Mapping[bytes, Limits] = attrs.field(factory=dict, converter=_max_queue)
@@ -203,6 +223,13 @@ class Settings:
         delay = self.wakeup_delay
         _check("wakeup_delay", delay >= 0 or delay == -1, "must be -1 (never) or seconds >= 0")
         _check("job_retries", self.job_retries >= 0, "must be 0 (unlimited) or more")
+        _check("retry_failed", self.retry_failed >= 0, "must be 0 (no retries) or more")
+        first, cap = self.retry_backoff
+        _check(
+            "retry_backoff",
+            0 <= first <= cap,
+            "must be FIRST,CAP: seconds, the first at least 0 and at most the cap",
+        )
         prefix = self.job_handle_prefix
         _check(
             "job_handle_prefix",

@@ -264,6 +264,22 @@ class GearmandOptions(usage.Options):
             _number(int, "job-retries"),
         ],
         [
+            "retry-failed",
+            None,
+            0,
+            "Times a background job whose worker answers WORK_FAIL or WORK_EXCEPTION "
+            "is queued again (after --retry-backoff), keeping its handle; 0: it ends "
+            "at once. Lost workers and timeouts count against --job-retries instead.",
+            _number(int, "retry-failed"),
+        ],
+        [
+            "retry-backoff",
+            None,
+            "1,300",
+            "FIRST,CAP: seconds before a failed background job's first retry, doubling "
+            "with each failure up to CAP; each delay is drawn between half and all of it.",
+        ],
+        [
             "job-handle-prefix",
             None,
             None,
@@ -527,6 +543,8 @@ class GearmandOptions(usage.Options):
                 wakeup=self["wakeup"],
                 wakeup_delay=self["wakeup-delay"],
                 job_retries=self["job-retries"],
+                retry_failed=self["retry-failed"],
+                retry_backoff=str(self["retry-backoff"]),
                 job_handle_prefix=None if prefix is None else prefix.encode("utf-8"),
                 max_packet_size=size,
                 max_queue=self["max-queue"],

@@ -93,7 +93,7 @@ __all__ = ["C_TABLE", "PostgreSQLStore", "check_postgresql"]
 
 log = _log.logger("txgearmand.store.postgresql")
 
-_COLUMNS = "id, handle, function, uniq, payload, priority, when_to_run, reducer"
+_COLUMNS = "id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts"
 _OWNED_COLUMNS = _COLUMNS + ", owner, epoch"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     priority SMALLINT NOT NULL,
     when_to_run DOUBLE PRECISION,
     reducer BYTEA NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
     owner TEXT NOT NULL DEFAULT '',
     epoch BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id)
@@ -125,6 +126,20 @@ ALTER TABLE {table}
     DROP CONSTRAINT {pkey},
     ADD PRIMARY KEY (owner, id)
 """
+# A table from before the retry policy has no attempts column: added.
+_ADD_ATTEMPTS = "ALTER TABLE {table} ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+# A job stored again (it failed and waits for its next attempt: only such
+# jobs have attempts) replaces its row; new jobs go in with COPY.
+_UPSERT = (
+    "INSERT INTO {table} AS j (" + _OWNED_COLUMNS + ")"
+    " SELECT %s::bigint, %s::bytea, %s::bytea, %s::bytea, %s::bytea, %s::smallint,"
+    " %s::double precision, %s::bytea, %s::integer, n.name, n.epoch FROM {table}_nodes n"
+    # Fenced: not once another node adopted this node's jobs (which
+    # bumped its epoch), or the job would be back under this node too.
+    " WHERE n.name = %s AND n.epoch = %s"
+    " ON CONFLICT (owner, id) DO UPDATE SET when_to_run = EXCLUDED.when_to_run,"
+    " attempts = EXCLUDED.attempts WHERE j.epoch = EXCLUDED.epoch"
+)
 
 # An advisory lock key held while the tables are created or changed, so
 # that servers starting together do not trip over each other.
@@ -209,14 +224,16 @@ def _create_or_migrate(conn: _pgdriver.Connection, table: str) -> None:
     Create the tables, or bring a table of the previous (single-server)
     schema to this one; its rows keep no owner until a node claims them.
     """
-    if (
-        "owner" in _columns(conn, table)
-        and conn.execute("SELECT to_regclass(%s)", (table + "_nodes",)).fetchone()[0]
-    ):
+    columns = _columns(conn, table)
+    if {"owner", "attempts"} <= columns and conn.execute(
+        "SELECT to_regclass(%s)", (table + "_nodes",)
+    ).fetchone()[0]:
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         columns = _columns(conn, table)
+        if columns and "attempts" not in columns:
+            conn.execute(_ADD_ATTEMPTS.format(table=table))
         if columns and "owner" not in columns:
             (pkey,) = conn.execute(
                 "SELECT conname::text FROM pg_catalog.pg_constraint"
@@ -650,7 +667,15 @@ class PostgreSQLStore(ThreadedStore):
         epoch = self.epoch
         with conn.transaction():
             if adds:
-                conn.copy_rows(self.table, _OWNED_COLUMNS, ((*job, node, epoch) for job in adds))
+                new = [job for job in adds if not job.attempts]
+                if new:
+                    conn.copy_rows(self.table, _OWNED_COLUMNS, ((*job, node, epoch) for job in new))
+                # A job stored again (it failed and waits for its next
+                # attempt: only such jobs have attempts) replaces its row,
+                # if its row is still this node's at this epoch.
+                for job in adds:
+                    if job.attempts:
+                        conn.execute(_UPSERT.format(table=self.table), (*job, node, epoch))
             if removes:
                 # Fenced: rows another node adopted (or a later start of
                 # this node reclaimed) are not this node's to remove.

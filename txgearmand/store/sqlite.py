@@ -37,24 +37,29 @@ CREATE TABLE IF NOT EXISTS txgearmand_jobs (
     payload BLOB NOT NULL,
     priority INTEGER NOT NULL,
     when_to_run REAL,
-    reducer BLOB NOT NULL
+    reducer BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
 )
 """
+# A file from before the retry policy has no attempts column: added.
+_ADD_ATTEMPTS = "ALTER TABLE txgearmand_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+# A job stored again under its id (it failed and waits for its next
+# attempt) replaces the row.
 _INSERT = (
     "INSERT OR REPLACE INTO txgearmand_jobs"
-    " (id, handle, function, uniq, payload, priority, when_to_run, reducer)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " (id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # Bound parameters per statement: 32766 since SQLite 3.32, 999 before.
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-_ROWS = min(500, _MAX_VARIABLES // 8)
+_ROWS = min(500, _MAX_VARIABLES // 9)
 _IDS = min(2000, _MAX_VARIABLES)
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_rows(n: int) -> str:
     return _INSERT.replace(
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", "VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * n)
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", "VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * n)
     )
 
 
@@ -64,7 +69,7 @@ def _delete_ids(n: int) -> str:
 
 
 _SELECT = (
-    "SELECT id, handle, function, uniq, payload, priority, when_to_run, reducer"
+    "SELECT id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts"
     " FROM txgearmand_jobs ORDER BY id"
 )
 
@@ -117,9 +122,27 @@ def _connect(path: str) -> sqlite3.Connection:
     # FULL: a committed transaction survives a power cut, not only a crash.
     db.execute("PRAGMA synchronous=FULL").fetchall()
     db.execute(_SCHEMA).fetchall()
+    _add_attempts(db)
     if _c_tables(db):
         _import_c_queues(db, path)
     return db
+
+
+def _add_attempts(db: sqlite3.Connection) -> None:
+    """
+    Give a table from before the retry policy its C{attempts} column.
+    """
+    columns = {r[1] for r in db.execute("PRAGMA table_info(txgearmand_jobs)").fetchall()}
+    if "attempts" in columns:
+        return
+    try:
+        db.execute(_ADD_ATTEMPTS).fetchall()
+    except sqlite3.OperationalError as e:
+        # Another process opening the same file may have added it.
+        if "duplicate column" not in str(e):
+            raise
+    else:
+        _LOG.info("Added the attempts column to the job table of an older txgearmand")
 
 
 def _import_c_queues(db: sqlite3.Connection, path: str) -> int:

@@ -128,7 +128,9 @@ class OwnershipTests(_SharedTestsMixin):
         """
         self.sql(_OLD_SCHEMA)
         for n in (1, 2):
-            self.sql("INSERT INTO txgearmand_jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", *job(n))
+            self.sql(
+                "INSERT INTO txgearmand_jobs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", *job(n)[:8]
+            )
         a = await self.node("a")
         b = await self.node("b")
         self.assertEqual(await a.load(), [job(1), job(2)])
@@ -137,6 +139,27 @@ class OwnershipTests(_SharedTestsMixin):
         await a.remove_many([1])
         self.assertEqual(await a.load(), [job(2)])
         self.assertEqual(await b.load(), [job(1, b"g")])
+
+    async def test_stored_again(self) -> None:
+        """
+        A job stored again after a failed attempt (attempts and next run
+        time) replaces its row, and only while the row is this node's at
+        its epoch; the attempts go with the job when another node adopts
+        it.
+        """
+        a = await self.node("a", takeover_after=1)
+        await a.add_many([job(1)])
+        again = job(1)._replace(attempts=2, when=1234.5)
+        await a.add_many([again])
+        self.assertEqual(await a.load(), [again])
+        self.sql("UPDATE txgearmand_jobs_nodes SET heartbeat = now() - interval '1 minute'")
+        b = await self.node("b", takeover_after=1)
+        (adopted,) = (await b.adopt()).adopted
+        self.assertEqual((adopted.attempts, adopted.when), (2, 1234.5))
+        # Adopted: a's later rewrite touches nothing of it.
+        await a.add_many([job(1)._replace(attempts=3)])
+        self.assertEqual([j.attempts for j in await b.load()], [2])
+        self.assertEqual(await a.load(), [])
 
 
 class PG8000OwnershipTests(OwnershipTests):

@@ -191,6 +191,40 @@ class _JobStoreContractMixin:
         self.addCleanup(again.close)
         self.assertEqual([j.id for j in await again.load()], [7])
 
+    async def test_stored_again(self) -> None:
+        """
+        A job stored again under its id, with attempts and a next run time
+        (it failed and waits to be tried again), replaces the stored one,
+        in its place in id order, across a reopen; its attempts are loaded
+        back.
+        """
+        assert isinstance(self, TestCase)
+        store = self.make_store()
+        await store.open()
+        await store.add_many([job(1), job(2), job(3)])
+        await store.add_many([job(2, attempts=1, when=1234.5)])
+        await store.add_many([job(2, attempts=2, when=2345.5), job(4)])
+        self.assertEqual(
+            await store.load(), [job(1), job(2, attempts=2, when=2345.5), job(3), job(4)]
+        )
+        await store.close()
+        again = self.reopen(store)
+        await again.open()
+        self.addCleanup(again.close)
+        self.assertEqual((await again.load())[1], job(2, attempts=2, when=2345.5))
+
+    async def test_stored_again_then_removed(self) -> None:
+        """
+        A job stored again and removed right after is gone.
+        """
+        assert isinstance(self, TestCase)
+        store = await self.opened()
+        await store.add_many([job(1), job(2)])
+        await gatherResults(
+            [store.add_many([job(1, attempts=1, when=5.0)]), store.remove_many([1])]
+        )
+        self.assertEqual(await store.load(), [job(2)])
+
 
 class MemoryStoreTests(_JobStoreContractMixin, TestCase):
     """
@@ -435,6 +469,17 @@ class BatchWriterTests(SynchronousTestCase):
         self.commits[1].callback(None)
         self.successResultOf(added)
         self.successResultOf(removed)
+
+    def test_stored_again_then_removed(self) -> None:
+        """
+        A job stored again (with attempts: it was written before) and
+        removed in one batch is not written, and its row is deleted.
+        """
+        self.writer.add_many([job(9)])
+        self.writer.add_many([job(1, attempts=1, when=5.0)])
+        self.writer.remove_many([1])
+        self.commits[0].callback(None)
+        self.assertEqual(self.batches[1], ([], [1]))
 
     def test_nothing_left(self) -> None:
         """
