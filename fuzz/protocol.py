@@ -1212,8 +1212,8 @@ def check_server(server: JobServer, clock: Clock, quiet: bool = True) -> None:
 
 def _check_store(server: JobServer) -> None:
     """
-    The store holds exactly the jobs that have a store id, as they are;
-    every background job has one.
+    The store holds exactly the jobs that have a store id, as they are,
+    and those of the failed list, as failed; every background job has one.
     """
     store = cast("MemoryStore", server.store)
     kept: dict[int, bytes] = {}
@@ -1233,6 +1233,14 @@ def _check_store(server: JobServer) -> None:
             job.data,
         ):
             _fail(f"the store has {record!r} for {job.handle!r}")
+    for entry in server.failed:
+        if entry.store_id is None:
+            _fail(f"failed {entry.handle!r} is not stored", "unstored")
+            continue
+        kept[entry.store_id] = entry.handle
+        record = store.jobs.get(entry.store_id)
+        if record is None or record.failed_at is None or record.handle != entry.handle:
+            _fail(f"the store has {record!r} for failed {entry.handle!r}")
     extra = sorted(set(store.jobs) - set(kept))
     if extra:
         _fail(f"the store keeps ended jobs: {[store.jobs[i] for i in extra]!r}")
@@ -1294,6 +1302,10 @@ def _check_timers(server: JobServer, clock: Clock) -> None:
     )
     if server.durability.watch_timer is not None:
         known.add(id(server.durability.watch_timer))
+    if server.failed.timer is not None:
+        known.add(id(server.failed.timer))
+    elif len(server.failed) and server.failed.max_age:
+        _fail("the failed list has jobs and no expiry timer")
     sweep = server.guard.sweep
     others = [
         call

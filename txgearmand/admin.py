@@ -13,11 +13,26 @@ silence.
 txgearmand's own: C{limits}, C{retryfailed FUNCTION [N]} (the retry
 policy of a function's failed background jobs) and C{show retries}
 (a line per function: its name, retry limit, jobs waiting to be tried
-again and retries so far, tab-separated).
+again and retries so far, tab-separated); and the failed list
+(dead-letter, L{txgearmand.deadletter}):
+
+  - C{show failed [FUNCTION]}: a line per job in the list (all, or one
+    function's), oldest landed first, tab-separated: handle, function,
+    unique id, failed attempts, first and last failure times (epoch
+    seconds with 3 decimals), the reason (tabs and line ends as spaces);
+    then C{.};
+  - C{failed retry HANDLE}, C{failed retry function FUNCTION}: run the job
+    (every job of the function) again, with a fresh attempt count;
+  - C{failed drop HANDLE}, C{failed drop function FUNCTION}: forget it
+    (them), its row leaving the store.
+
+Each of the last four answers C{OK} (with a function: C{OK N}, how many),
+C{ERR UNKNOWN_JOB} for a handle the list does not have (as C{cancel job}),
+or C{ERR INVALID_ARGUMENTS ...}.
 
 The commands that change the server (C{shutdown}, C{maxqueue} with
-arguments, C{retryfailed}, C{cancel job}, C{create function}, C{drop function},
-C{verbose} with arguments) are refused with C{ERR PERMISSION_DENIED ...}
+arguments, C{retryfailed}, C{failed}, C{cancel job}, C{create function},
+C{drop function}, C{verbose} with arguments) are refused with C{ERR PERMISSION_DENIED ...}
 to peers that no C{--admin-allow} rule allows, when there are rules
 (L{txgearmand.access.AccessRules}).
 """
@@ -164,10 +179,57 @@ def _show(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
         lines = [job.unique + b"\n" for job in server.jobs()]
     elif what == [b"retries"]:
         lines = _show_retries(server)
+    elif what[0] == b"failed" and len(args) <= 2:
+        lines = _show_failed(server, args[1] if len(args) == 2 else None)
     else:
         return b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
     lines.append(_END)
     return b"".join(lines)
+
+
+def _one_line(text: str) -> bytes:
+    return " ".join(text.replace("\t", " ").splitlines()).encode("utf-8", "backslashreplace")
+
+
+def _show_failed(server: JobServer, function: bytes | None) -> list[bytes]:
+    # "HANDLE\tFUNCTION\tUNIQUE\tATTEMPTS\tFIRST\tLAST\tREASON".
+    return [
+        b"%s\t%s\t%s\t%d\t%.3f\t%.3f\t%s\n"
+        % (
+            job.handle,
+            job.function,
+            job.unique,
+            job.attempts,
+            job.first_failed,
+            job.last_failed,
+            _one_line(job.reason),
+        )
+        for job in server.failed.list(function)
+    ]
+
+
+def _failed(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
+    # txgearmand's own: "failed retry|drop HANDLE" or
+    # "failed retry|drop function FUNCTION".
+    if not args:
+        return _err_incomplete(b"failed")
+    action = args[0].lower()
+    if action not in (b"retry", b"drop"):
+        return b"ERR INVALID_ARGUMENTS failed+takes+retry+or+drop\r\n"
+    flow = server.flow
+    if len(args) == 3 and args[1].lower() == b"function":
+        if action == b"retry":
+            n = flow.retry_failed_function(args[2])
+        else:
+            n = flow.drop_failed_function(args[2])
+        return b"OK %d\r\n" % (n,)
+    if len(args) != 2:
+        return _err_incomplete(b"failed")
+    if action == b"retry":
+        found = flow.retry_failed_job(args[1])
+    else:
+        found = flow.drop_failed_job(args[1])
+    return _OK if found else b"ERR UNKNOWN_JOB\r\n"
 
 
 def _cancel(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
@@ -271,6 +333,7 @@ COMMANDS: dict[bytes, Callable[[JobServer, IPeer, list[bytes]], bytes]] = {
     b"workers": _workers,
     b"maxqueue": _maxqueue,
     b"retryfailed": _retryfailed,
+    b"failed": _failed,
     b"show": _show,
     b"cancel": _cancel,
     b"create": _create,
@@ -293,6 +356,7 @@ _MUTATING = {
     b"shutdown": b"shutdown",
     b"maxqueue": b"maxqueue",
     b"retryfailed": b"retryfailed",
+    b"failed": b"failed",
     b"cancel": b"cancel+job",
     b"create": b"create+function",
     b"drop": b"drop+function",

@@ -13,6 +13,10 @@ With a store several servers share (an L{ISharedJobStore}), it also calls
 the store's C{adopt} on a timer: the jobs adopted from dead servers are
 queued (with new handles), and, when this server finds it was taken over,
 the jobs no longer its own are dropped without touching the store.
+
+Jobs in the failed list (L{txgearmand.deadletter}) keep their rows, with
+their failure fields (L{StoredJob.failed_at}): replayed or adopted, they go
+back to the failed list, not to a queue.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from twisted.python.failure import Failure
 
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
+from txgearmand.deadletter import FailedJob, FailedList
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import (
     Adoption,
@@ -57,6 +62,8 @@ class Durability:
         has been quick since.
     @ivar watch_timer: the timer that looks at the writes still running
         (only while there are some), or C{None}.
+    @ivar failed: the L{FailedList} replayed and adopted failed jobs go
+        to, or C{None} (they are removed from the store).
     """
 
     log = _log.logger("txgearmand.durability")
@@ -95,6 +102,10 @@ class Durability:
         self._ready_waiters: list[Deferred[None]] = []
         self._seq = 0
         self._to_store: dict[int, Job] = {}
+        # What to write for a job of _to_store instead of its fields (a job
+        # that landed in the failed list), by id.
+        self._records: dict[int, StoredJob] = {}
+        self.failed: FailedList | None = None
         self._to_remove: list[int] = []
         # Removals the store failed (it was down): sent again with the next
         # writes, so that jobs done while it was away do not run again at
@@ -162,41 +173,54 @@ class Durability:
         handles where a live job has theirs), then say the server is ready.
         """
         with self._batch:
-            self._queue(records, table, registry, schedule, None)
+            failed = self._queue(records, table, registry, schedule, None)
+            self._keep_failed(failed, "stored")
         for fq in registry.over_limit():
             self.log.warn(
                 "{function} has {n} stored jobs, over its max queue; all are kept",
                 function=fq.name.decode("utf-8", "backslashreplace"),
                 n=fq.total(),
             )
-        self.log.info("Replayed {n} stored jobs", n=len(records))
+        self.log.info(
+            "Replayed {n} stored jobs ({failed} of them in the failed list)",
+            n=len(records) - len(failed),
+            failed=len(failed),
+        )
         self._model = (table, registry, schedule)
         self.set_ready()
         self._schedule_adopt()
 
-    @staticmethod
     def _queue(
+        self,
         records: list[StoredJob],
         table: JobTable,
         registry: FunctionRegistry,
         schedule: Schedule,
         enqueue: Callable[[Job], None] | None,
-    ) -> None:
+    ) -> list[FailedJob]:
         """
         Make and queue jobs from records: replayed ones (no C{enqueue}: no
         worker is connected yet) under their handles where free, adopted
         ones under new handles, queued with C{enqueue}.
+
+        @return: the records' jobs that are in the failed list, not queued
+            (see L{_keep_failed}).
         """
         now = schedule.now()
         adopted = enqueue is not None
+        failed_list = self.failed
+        failed: list[FailedJob] = []
         for record in records:
             handle = record.handle
             if adopted:
                 handle = table.new_handle()
             else:
                 table.note_handle(handle)
-                if handle in table.by_handle:
+                if handle in table.by_handle or (failed_list is not None and handle in failed_list):
                     handle = table.new_handle()
+            if record.failed_at is not None:
+                failed.append(FailedJob.from_record(record, handle))
+                continue
             job = Job(
                 handle,
                 registry.function(record.function),
@@ -210,6 +234,7 @@ class Durability:
             job.require_listener = False
             job.store_id = record.id
             job.attempts = record.attempts
+            job.first_failed = record.first_failed
             table.add(job)
             if record.when is not None and record.when > now:
                 schedule.add(job)
@@ -217,6 +242,27 @@ class Durability:
                 enqueue(job)
             else:
                 job.queue.push(job)
+        return failed
+
+    def _keep_failed(self, jobs: list[FailedJob], how: str) -> None:
+        """
+        Failed jobs replayed or adopted join the failed list, within its
+        bounds; with the list off, their rows are removed.
+        """
+        if not jobs:
+            return
+        failed = self.failed
+        if failed is not None and failed.on:
+            failed.add_many(sorted(jobs, key=lambda job: job.last_failed))
+            return
+        self.log.info(
+            "Dropped {n} {how} jobs of the failed list: it is off (--failed-keep 0)",
+            n=len(jobs),
+            how=how,
+        )
+        for job in jobs:
+            if job.store_id is not None:
+                self.remove(job.store_id)
 
     # -- several servers, one store --------------------------------------
 
@@ -267,8 +313,13 @@ class Durability:
                 self._drop_lost(set(adoption.kept), table)
             if adoption.adopted:
                 enqueue = self._enqueue or _push
-                self._queue(adoption.adopted, table, registry, schedule, enqueue)
-                self.log.info("Queued {n} jobs adopted from dead servers", n=len(adoption.adopted))
+                failed = self._queue(adoption.adopted, table, registry, schedule, enqueue)
+                self._keep_failed(failed, "adopted")
+                self.log.info(
+                    "Queued {n} jobs adopted from dead servers ({failed} more in the failed list)",
+                    n=len(adoption.adopted) - len(failed),
+                    failed=len(failed),
+                )
 
     def _drop_lost(self, kept: set[int], table: JobTable) -> None:
         """
@@ -282,11 +333,19 @@ class Durability:
             for job in table.by_handle.values()
             if job.store_id is not None and job.commit_waiters is None and job.store_id not in kept
         ]
-        if not lost and self._taken_over:
+        failed = self.failed
+        lost_failed = (
+            [job for job in failed if job.store_id not in kept] if failed is not None else []
+        )
+        if not lost and not lost_failed and self._taken_over:
             # Again, with nothing more to drop (two servers under one
             # node name: the store says so).
             return
         self._taken_over = True
+        if failed is not None:
+            # Their rows are the adopter's now, and its failed list's.
+            for entry in lost_failed:
+                failed.take(entry.handle)
         for job in lost:
             job.store_id = None
             if job.state is _RUNNING:
@@ -302,7 +361,7 @@ class Durability:
             "This server (node {node}) was taken over: another server adopted its stored"
             " jobs while it seemed dead; {n} jobs dropped here (they run there), {kept} kept",
             node=getattr(self.store, "node", "?"),
-            n=len(lost),
+            n=len(lost) + len(lost_failed),
             kept=len(kept),
         )
 
@@ -363,17 +422,43 @@ class Durability:
         if not self._batch.depth:
             self._batch.flush()
 
-    def update(self, job: Job) -> None:
+    def update(self, job: Job, record: StoredJob | None = None) -> None:
         """
         A stored job changed (its attempts and next run time, after a
-        failed attempt): store it again under its id, with the others of
-        this turn.  It is durable already: submissions that join it are
+        failed attempt; or it was run again from the failed list, under
+        the row it had there): store it again under its id, with the others
+        of this turn.  It is durable already: submissions that join it are
         answered at once.
+
+        @param record: what to write instead of the job's fields (a job
+            that landed in the failed list: its L{FailedJob.stored}).
         """
         store_id = job.store_id
         if store_id is None or self.store is None:
             return
+        before = self._to_store.get(store_id)
+        if before is not None and before is not job and before.commit_waiters is not None:
+            self._not_stored.append(before)
         self._to_store[store_id] = job
+        if record is None:
+            self._records.pop(store_id, None)
+        else:
+            self._records[store_id] = record
+        if not self._batch.depth:
+            self._batch.flush()
+
+    def remove(self, store_id: int) -> None:
+        """
+        Remove a row that no live job holds (a job of the failed list,
+        dropped) from the store.
+        """
+        if self.store is None:
+            return
+        self._records.pop(store_id, None)
+        job = self._to_store.pop(store_id, None)
+        if job is not None and job.commit_waiters is not None:
+            self._not_stored.append(job)
+        self._to_remove.append(store_id)
         if not self._batch.depth:
             self._batch.flush()
 
@@ -386,9 +471,10 @@ class Durability:
         if store_id is None or self.store is None:
             return
         job.store_id = None
+        self._records.pop(store_id, None)
         if self._to_store.pop(store_id, None) is None:
             self._to_remove.append(store_id)
-        elif job.attempts:
+        elif job.attempts or job.first_failed is not None:
             # Stored again this turn (see update): its row was written before.
             self._to_remove.append(store_id)
             if job.commit_waiters is not None:
@@ -410,12 +496,14 @@ class Durability:
             jobs, self._not_stored = self._not_stored, []
             self._committed(None, jobs)
         if self._to_store:
-            jobs = list(self._to_store.values())
-            self._to_store = {}
+            to_store, self._to_store = self._to_store, {}
+            records, self._records = self._records, {}
+            jobs = list(to_store.values())
             d = store.add_many(
                 [
-                    StoredJob(
-                        job.store_id,  # type: ignore[arg-type]
+                    records.get(store_id)
+                    or StoredJob(
+                        store_id,
                         job.handle,
                         job.queue.name,
                         job.unique,
@@ -424,8 +512,9 @@ class Durability:
                         job.when,
                         job.reducer,
                         job.attempts,
+                        job.first_failed,
                     )
-                    for job in jobs
+                    for store_id, job in to_store.items()
                 ]
             )
             if self._timed:

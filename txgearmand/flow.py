@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
+from txgearmand.deadletter import FailedJob, FailedList, cut_reason
 from txgearmand.drain import Drain
 from txgearmand.durability import Durability
 from txgearmand.functions import FunctionRegistry
@@ -27,6 +28,7 @@ from txgearmand.job import HIGH, JOB_OVERHEAD, LOW, NORMAL, Job, JobState, JobTa
 from txgearmand.meters import (
     CANCELLED,
     COMPLETED,
+    DEAD_LETTERED,
     EXCEPTIONS,
     FAILED,
     OTHER,
@@ -79,6 +81,8 @@ class JobFlow:
         function (admin C{retryfailed}), over L{Settings.retry_failed}.
     @ivar random: where the jitter of retry delays comes from (tests
         replace it).
+    @ivar failed: the L{FailedList}: background jobs that failed for the
+        last time (the dead-letter list).
     """
 
     log = _log.logger("txgearmand.flow")
@@ -119,6 +123,10 @@ class JobFlow:
         self.jobs_ended = 0
         self.retry_limits: dict[bytes, int] = {}
         self.random = random.Random()
+        self.failed = FailedList(
+            reactor, settings.failed_keep, settings.failed_max_age, self.durability.remove
+        )
+        self.durability.failed = self.failed
 
     def _may_adopt(self) -> bool:
         # A server draining to stop takes no more jobs from dead servers.
@@ -298,7 +306,7 @@ class JobFlow:
                 handle=text(job.handle),
                 function=text(job.queue.name),
             )
-            self.attempt_failed(job)
+            self.attempt_failed(job, "worker lost")
         for job in list(participant.listening):
             if job.remove_listener(participant) and not job.listeners:
                 if job.require_listener and job.state is _QUEUED:
@@ -321,13 +329,14 @@ class JobFlow:
 
     # -- retries --------------------------------------------------------
 
-    def take_back(self, job: Job) -> None:
+    def take_back(self, job: Job, reason: str = "worker gave it back") -> None:
         """
-        Take a running job from its worker, which still works on it, and
-        count the attempt as failed.
+        Take a running job from its worker, which still works on it (it
+        timed out, or the worker sent CANT_DO), and count the attempt as
+        failed.
         """
         self.take_away(job)
-        self.attempt_failed(job)
+        self.attempt_failed(job, reason)
 
     def _timed_out(self, job: Job) -> None:
         job.timer = None
@@ -341,7 +350,7 @@ class JobFlow:
             worker=job.worker.describe() if job.worker else "?",
         )
         with self._output:
-            self.take_back(job)
+            self.take_back(job, "timed out")
 
     @staticmethod
     def take_away(job: Job) -> None:
@@ -363,13 +372,20 @@ class JobFlow:
         if job.timer is not None:
             cancel_timer(job)
 
-    def attempt_failed(self, job: Job) -> None:
+    def attempt_failed(self, job: Job, reason: str = "worker lost") -> None:
         """
         A running job's attempt ended without a result: requeue it at the
         back of its priority, or fail it once the retry limit is reached.
+
+        @param reason: why: C{worker lost}, C{timed out}, C{worker gave it
+            back} (CANT_DO); the failed list keeps it.
         """
         self._release(job)
         job.retries += 1
+        if job.first_failed is None:
+            job.first_failed = self.reactor.seconds()
+            if job.store_id is not None:
+                self.durability.update(job)
         limit = self.settings.job_retries
         if limit and job.retries >= limit:
             self.log.info(
@@ -384,7 +400,7 @@ class JobFlow:
             if job.require_listener:
                 self._forget(job)
             else:
-                self._gave_up(job, f"no result in {job.retries} attempts")
+                self._gave_up(job, reason)
         elif job.require_listener and not job.listeners:
             self._forget(job)
         else:
@@ -442,6 +458,8 @@ class JobFlow:
         """
         self._release(job)
         job.attempts += 1
+        if job.first_failed is None:
+            job.first_failed = self.reactor.seconds()
         limit = self.retry_limits.get(job.queue.name, self.settings.retry_failed)
         if job.attempts > limit:
             self._gave_up(job, reason)
@@ -473,10 +491,32 @@ class JobFlow:
         A background job failed for the last time (WORK_FAIL or
         WORK_EXCEPTION past the retry limit, or no result within
         C{--job-retries} attempts); it is out of its queue and off its
-        worker, and ends here.
+        worker, and ends here: kept in the failed list (its row stays in
+        the store, with its failure fields) while the list is on, else
+        forgotten.
 
-        @param reason: why its last attempt failed, for the log.
+        @param reason: why its last attempt failed, for the log and the
+            failed list.
         """
+        failed = self.failed
+        if failed.on:
+            entry = FailedJob.of(job, cut_reason(reason), self.reactor.seconds())
+            if job.store_id is not None:
+                self.durability.update(job, entry.stored())
+                job.store_id = None
+            job.queue.counts[DEAD_LETTERED] += 1
+            self.log.info(
+                "Job {handle} ({function}) kept in the failed list: unique {unique},"
+                " {attempts} failed attempts, {reason}",
+                handle=text(job.handle),
+                function=text(job.queue.name),
+                unique=text(job.unique) or "-",
+                attempts=entry.attempts,
+                reason=entry.reason,
+            )
+            self._forget(job)
+            failed.add(entry)
+            return
         if job.attempts > 1:
             self.log.info(
                 "Job {handle} ({function}) ended after {attempts} failed attempts: {reason}",
@@ -486,6 +526,120 @@ class JobFlow:
                 reason=reason,
             )
         self._forget(job)
+
+    # -- the failed list (dead-letter) -----------------------------------
+
+    def retry_failed_job(self, handle: bytes) -> bool:
+        """
+        Run a job of the failed list again (admin C{failed retry}), with a
+        fresh attempt count; see L{_rerun}.
+
+        @return: whether the list had it.
+        """
+        entry = self.failed.take(handle)
+        if entry is not None:
+            with self._output:
+                self._rerun(entry)
+        return entry is not None
+
+    def retry_failed_function(self, function: bytes) -> int:
+        """
+        Run every job of a function in the failed list again, oldest first.
+
+        @return: how many.
+        """
+        entries = self.failed.take_function(function)
+        with self._output:
+            for entry in entries:
+                self._rerun(entry)
+        return len(entries)
+
+    def drop_failed_job(self, handle: bytes) -> bool:
+        """
+        Forget a job of the failed list (admin C{failed drop}): its row
+        leaves the store.
+
+        @return: whether the list had it.
+        """
+        entry = self.failed.take(handle)
+        if entry is not None:
+            self._dropped(entry)
+        return entry is not None
+
+    def drop_failed_function(self, function: bytes) -> int:
+        """
+        Forget every job of a function in the failed list.
+
+        @return: how many.
+        """
+        entries = self.failed.take_function(function)
+        for entry in entries:
+            self._dropped(entry)
+        return len(entries)
+
+    def _dropped(self, entry: FailedJob) -> None:
+        self.log.info(
+            "Failed job {handle} ({function}) dropped from the failed list",
+            handle=text(entry.handle),
+            function=text(entry.function),
+        )
+        if entry.store_id is not None:
+            self.durability.remove(entry.store_id)
+
+    def _rerun(self, entry: FailedJob) -> None:
+        """
+        A new job from a failed one, queued now: its handle if free, its
+        unique id, priority, payload and row in the store (written again,
+        attempts 0), its first failure time kept.  If a live job has its
+        unique id, it joins that one instead, as a submission would: the
+        work is pending already, and runs once.
+        """
+        table = self.table
+        live = (
+            table.of_unique(entry.function, entry.unique, entry.payload) if entry.unique else None
+        )
+        if live is not None:
+            self.log.info(
+                "Failed job {handle} ({function}) run again: joined live job {live}"
+                " (same unique id)",
+                handle=text(entry.handle),
+                function=text(entry.function),
+                live=text(live.handle),
+            )
+            if entry.store_id is not None:
+                self.durability.remove(entry.store_id)
+            live.require_listener = False
+            if self.durability.store is not None and live.store_id is None:
+                self.durability.keep(live)
+            return
+        handle = entry.handle if entry.handle not in table.by_handle else table.new_handle()
+        job = Job(
+            handle,
+            self.registry.function(entry.function),
+            entry.unique,
+            entry.payload,
+            entry.priority,
+            True,
+            entry.reducer,
+        )
+        job.require_listener = False
+        job.first_failed = entry.first_failed
+        table.add(job)
+        self.jobs_accepted += 1
+        self.log.info(
+            "Failed job {handle} ({function}) run again as {new} after {attempts} failed attempts",
+            handle=text(entry.handle),
+            function=text(entry.function),
+            new=text(handle),
+            attempts=entry.attempts,
+        )
+        if self.durability.store is not None:
+            if entry.store_id is not None:
+                job.store_id = entry.store_id
+                self.durability.update(job)
+            else:
+                self.durability.keep(job)
+        self.enqueue(job)
 
     # -- the end --------------------------------------------------------
 

@@ -41,7 +41,16 @@ class StoredJob(NamedTuple):
     @ivar attempts: how many of its attempts failed (WORK_FAIL or
         WORK_EXCEPTION) under the retry policy (C{--retry-failed}); while
         it waits to be tried again, L{when} is the time of its next
-        attempt.
+        attempt.  A job in the failed list keeps the count of its failed
+        attempts here.
+    @ivar first_failed: when its first attempt failed (epoch seconds), or
+        C{None}.
+    @ivar failed_at: for a job in the failed list (dead-letter: it failed
+        for the last time), when it landed there; else C{None}.  Such a job
+        is not queued again at replay: it goes back to the failed list.
+    @ivar reason: for a job in the failed list, why its last attempt
+        failed (C{failed}, C{exception: TEXT}, C{timed out}, ...); else
+        C{""}.
     """
 
     id: int
@@ -53,6 +62,18 @@ class StoredJob(NamedTuple):
     when: Optional[float]
     reducer: bytes
     attempts: int = 0
+    first_failed: Optional[float] = None
+    failed_at: Optional[float] = None
+    reason: str = ""
+
+    @property
+    def replaces(self) -> bool:
+        """
+        Whether this record is a job stored again (it failed, or is in the
+        failed list, or was run again from it): its row was written before
+        and this one replaces it, where a new job's row is inserted.
+        """
+        return self.attempts > 0 or self.failed_at is not None or self.first_failed is not None
 
 
 class IPeer(Interface):
@@ -136,7 +157,10 @@ class IJobStore(Interface):
         """
         Store jobs.  A job may come again with the id it was stored under,
         changed (its L{StoredJob.attempts} and L{StoredJob.when}, when it
-        failed and waits to be tried again): it replaces the stored one.
+        failed and waits to be tried again; its failure fields, when it
+        landed in the failed list): it replaces the stored one.  Such a
+        record says so (L{StoredJob.replaces}); a new job never comes with
+        the id of a stored one.
 
         @return: a Deferred that fires once all of them are durable
             (committed): a crash after that does not lose them.

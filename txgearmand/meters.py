@@ -21,6 +21,7 @@ __all__ = [
     "CANCELLED",
     "COMPLETED",
     "COUNTS",
+    "DEAD_LETTERED",
     "EXCEPTIONS",
     "FAILED",
     "MAX_COUNTED_NAME",
@@ -46,6 +47,8 @@ RETRIED = 5
 TIMED_OUT = 6
 REFUSED = 7
 CANCELLED = 8
+#: Background jobs that landed in the failed list (dead-letter).
+DEAD_LETTERED = 9
 
 #: The counters' names, by index.
 COUNTS = (
@@ -58,6 +61,7 @@ COUNTS = (
     "timed_out",
     "refused",
     "cancelled",
+    "dead_lettered",
 )
 
 #: The name the functions past L{FunctionCounts}'s limit are counted under.

@@ -24,6 +24,7 @@ from txgearmand import _version
 from txgearmand.meters import (
     CANCELLED,
     COMPLETED,
+    DEAD_LETTERED,
     EXCEPTIONS,
     FAILED,
     OTHER,
@@ -47,6 +48,11 @@ _COUNTERS = (
     ("gearman_jobs_timed_out", "Jobs whose worker overran CAN_DO_TIMEOUT.", TIMED_OUT),
     ("gearman_jobs_refused", "Submissions refused (max queue, memory, store).", REFUSED),
     ("gearman_jobs_cancelled", "Jobs cancelled by the admin command.", CANCELLED),
+    (
+        "gearman_jobs_dead_lettered",
+        "Background jobs that failed for the last time and landed in the failed list.",
+        DEAD_LETTERED,
+    ),
 )
 
 
@@ -142,6 +148,19 @@ class GearmanCollector:
         yield queued
         yield running
         yield workers
+        kept = GaugeMetricFamily(
+            "gearman_jobs_failed_kept",
+            "Background jobs in the failed list (dead-letter) now.",
+            labels=["function"],
+        )
+        failed: dict[str, int] = {}
+        by_count = sorted(server.failed.counts().items(), key=lambda item: (-item[1], item[0]))
+        for i, (name, n) in enumerate(by_count):
+            label = _t(name) if i < limit else _t(OTHER)
+            failed[label] = failed.get(label, 0) + n
+        for label, n in sorted(failed.items()):
+            kept.add_metric([label], n)
+        yield kept
 
         traffic = meters.traffic
         participants = server.clients()

@@ -109,6 +109,10 @@ class Job:
         (else C{None}).
     @ivar started: when a worker last took it, while the server times jobs
         (else C{None}).
+    @ivar first_failed: when its first attempt failed (WORK_FAIL,
+        WORK_EXCEPTION, a lost worker or a timeout), epoch seconds, kept in
+        the store; C{None} while none has.  A job run again from the failed
+        list keeps it.
     """
 
     handle: bytes
@@ -134,6 +138,7 @@ class Job:
     cost: int = 0
     created: Optional[float] = None
     started: Optional[float] = None
+    first_failed: Optional[float] = None
 
     def relay(self, ptype: int, *args: bytes) -> None:
         """

@@ -29,6 +29,7 @@ from twisted.python.reflect import namedAny
 
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
+from txgearmand.deadletter import FailedList
 from txgearmand.doors import Doors
 from txgearmand.drain import Drain
 from txgearmand.flow import JobFlow, cancel_timer
@@ -196,6 +197,14 @@ class JobServer(Service):
         return self.durability.store
 
     @property
+    def failed(self) -> FailedList:
+        """
+        The failed list (dead-letter): background jobs that failed for the
+        last time; L{JobFlow.retry_failed_job} and its kin act on it.
+        """
+        return self.flow.failed
+
+    @property
     def ready(self) -> bool:
         """
         Whether the store is replayed: connections are served from then on.
@@ -255,6 +264,7 @@ class JobServer(Service):
         for job in self.table.by_handle.values():
             cancel_timer(job)
         self._schedule.stop()
+        self.flow.failed.stop()
         self.guard.stop()
         self._stats.stop()
         self.meters.stop()

@@ -147,6 +147,12 @@ class Settings:
         and the most any retry waits, in seconds: the delay doubles with
         each failed attempt up to the cap, and each is drawn between half
         and all of it (jitter).
+    @ivar failed_keep: background jobs kept in the failed list (the
+        dead-letter list) once they failed for the last time, at most: the
+        oldest beyond it are dropped; C{0}: the list is off, and they end
+        as without it.
+    @ivar failed_max_age: seconds a job stays in the failed list at most
+        (C{0}: no age limit).
     @ivar job_handle_prefix: job handles are C{<prefix>:<n>} (default
         C{H:<hostname>}).
     @ivar max_packet_size: the largest packet body a connection accepts.
@@ -196,6 +202,8 @@ class Settings:
     job_retries: int = 0
     retry_failed: int = 0
     retry_backoff: tuple[float, float] = attrs.field(default=(1.0, 300.0), converter=_backoff)
+    failed_keep: int = 1000
+    failed_max_age: float = 7 * 86400.0
     job_handle_prefix: bytes = attrs.field(default=None, converter=_prefix)
     max_packet_size: int = wire.DEFAULT_MAX_PACKET_SIZE
     max_queue: Mapping[bytes, Limits] = attrs.field(factory=dict, converter=_max_queue)
@@ -230,6 +238,8 @@ class Settings:
             0 <= first <= cap,
             "must be FIRST,CAP: seconds, the first at least 0 and at most the cap",
         )
+        _check("failed_keep", self.failed_keep >= 0, "must be 0 (no failed list) or a count")
+        _check("failed_max_age", self.failed_max_age >= 0, "must be 0 (no age limit) or seconds")
         prefix = self.job_handle_prefix
         _check(
             "job_handle_prefix",

@@ -14,10 +14,11 @@ seconds)::
      "totals": {"queued", "running", "scheduled", "accepted", "ended",
                 "submitted_fg", "submitted_bg", "completed", "failed",
                 "exceptions", "retried", "timed_out", "refused",
-                "cancelled"},
+                "cancelled", "dead_lettered", "failed_kept"},
      "functions": [{"name", "queued": {"high", "normal", "low"},
                     "scheduled", "running", "workers", "sleeping",
                     "max_queue": [high, normal, low] or null,
+                    "failed_kept",
                     "submitted_fg", ... (every counter of "totals")}],
      "rates": {"interval", "samples": [{"t", "in", "out"}]},
      "run_time": {"count", "mean", "last"},
@@ -34,12 +35,16 @@ C{rates.samples} are jobs per second submitted (new jobs) and ended,
 oldest first, over the last ten minutes once something watches the server
 (L{Meters.watch}); C{age} and C{run_time} are known only then too
 (C{null} before).  Functions, workers, clients and jobs are listed up to
-C{limit} each (the totals count them all).
+C{limit} each (the totals count them all).  C{failed_kept} is how many
+jobs of the function are in the failed list (dead-letter) now, and
+C{dead_lettered} how many landed there since the start; a function with
+jobs in the failed list is listed even when nothing else keeps it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from txgearmand import _version
@@ -80,6 +85,7 @@ def snapshot(server: JobServer, limit: int = 1000) -> dict[str, Any]:
     clients = [p for p in participants if not p.abilities]
     traffic = meters.traffic
     functions = sorted(server.registry, key=lambda fq: fq.name)
+    kept = server.failed.counts()
     totals = dict(zip(COUNTS, meters.functions.totals()))
     queued = sum(sum(fq.queued) for fq in functions)
     totals.update(
@@ -88,20 +94,10 @@ def snapshot(server: JobServer, limit: int = 1000) -> dict[str, Any]:
         scheduled=sum(fq.scheduled for fq in functions),
         accepted=server.jobs_accepted,
         ended=server.jobs_ended,
+        failed_kept=sum(kept.values()),
     )
-    listed = []
-    for fq in functions[:limit]:
-        row: dict[str, Any] = {
-            "name": _t(fq.name),
-            "queued": dict(zip(PRIORITIES, fq.queued)),
-            "scheduled": fq.scheduled,
-            "running": fq.running,
-            "workers": len(fq.workers),
-            "sleeping": len(fq.sleepers),
-            "max_queue": list(server.max_queue(fq.name) or ()) or None,
-        }
-        row.update(zip(COUNTS, fq.counts))
-        listed.append(row)
+    names = sorted({fq.name for fq in functions} | kept.keys())
+    listed = [_function(server, name, kept.get(name, 0)) for name in names[:limit]]
     jobs = server.table.by_handle
     kind, location = describe(server.store)
     durability = server.durability
@@ -153,6 +149,31 @@ def snapshot(server: JobServer, limit: int = 1000) -> dict[str, Any]:
             "last_error": {"text": error[0], "at": error[1]} if error else None,
         },
     }
+
+
+def _function(server: JobServer, name: bytes, kept: int) -> dict[str, Any]:
+    fq = server.registry.get(name)
+    if fq is None:
+        # Only its failed jobs are left.
+        counts = server.meters.functions.by_name.get(name) or [0] * len(COUNTS)
+        queued: Sequence[int] = (0, 0, 0)
+        scheduled = running = workers = sleeping = 0
+    else:
+        counts = fq.counts
+        queued, scheduled, running = fq.queued, fq.scheduled, fq.running
+        workers, sleeping = len(fq.workers), len(fq.sleepers)
+    row: dict[str, Any] = {
+        "name": _t(name),
+        "queued": dict(zip(PRIORITIES, queued)),
+        "scheduled": scheduled,
+        "running": running,
+        "workers": workers,
+        "sleeping": sleeping,
+        "max_queue": list(server.max_queue(name) or ()) or None,
+        "failed_kept": kept,
+    }
+    row.update(zip(COUNTS, counts))
+    return row
 
 
 def _worker(p: Participant) -> dict[str, Any]:

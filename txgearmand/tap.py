@@ -280,6 +280,22 @@ class GearmandOptions(usage.Options):
             "with each failure up to CAP; each delay is drawn between half and all of it.",
         ],
         [
+            "failed-keep",
+            None,
+            1000,
+            "Background jobs that failed for the last time kept in the failed list "
+            "(admin 'show failed', 'failed retry', 'failed drop'), at most; the oldest "
+            "beyond it are dropped, logged. 0: none is kept (they end, as in other servers).",
+            _number(int, "failed-keep"),
+        ],
+        [
+            "failed-max-age",
+            None,
+            7 * 86400,
+            "Seconds a job stays in the failed list at most [default: 7 days]; 0: no age limit.",
+            _number(float, "failed-max-age"),
+        ],
+        [
             "job-handle-prefix",
             None,
             None,
@@ -545,6 +561,8 @@ class GearmandOptions(usage.Options):
                 job_retries=self["job-retries"],
                 retry_failed=self["retry-failed"],
                 retry_backoff=str(self["retry-backoff"]),
+                failed_keep=self["failed-keep"],
+                failed_max_age=self["failed-max-age"],
                 job_handle_prefix=None if prefix is None else prefix.encode("utf-8"),
                 max_packet_size=size,
                 max_queue=self["max-queue"],

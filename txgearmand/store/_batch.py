@@ -34,8 +34,8 @@ class BatchWriter:
     already gathers a reactor turn's writes into one call); while one runs,
     later writes wait and form the next batch, so the busier the server,
     the bigger the batches.  A job added and removed in the same batch is
-    never written (unless it was stored again, with attempts: its earlier
-    row is deleted).  The Deferred of each write fires once its batch is
+    never written (unless it was stored again, L{StoredJob.replaces}: its
+    earlier row is deleted).  The Deferred of each write fires once its batch is
     committed, or fails with the transaction's error.
     """
 
@@ -65,8 +65,8 @@ class BatchWriter:
         removes = self._removes
         for job_id in job_ids:
             added = adds.pop(job_id, None)
-            # A job stored again (with attempts) was written before.
-            if added is None or added.attempts:
+            # A job stored again (see StoredJob.replaces) was written before.
+            if added is None or added.replaces:
                 removes.append(job_id)
         return self._wait()
 

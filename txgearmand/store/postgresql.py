@@ -93,7 +93,10 @@ __all__ = ["C_TABLE", "PostgreSQLStore", "check_postgresql"]
 
 log = _log.logger("txgearmand.store.postgresql")
 
-_COLUMNS = "id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts"
+_COLUMNS = (
+    "id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts,"
+    " first_failed, failed_at, reason"
+)
 _OWNED_COLUMNS = _COLUMNS + ", owner, epoch"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -106,6 +109,9 @@ CREATE TABLE IF NOT EXISTS {table} (
     when_to_run DOUBLE PRECISION,
     reducer BYTEA NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    first_failed DOUBLE PRECISION,
+    failed_at DOUBLE PRECISION,
+    reason TEXT NOT NULL DEFAULT '',
     owner TEXT NOT NULL DEFAULT '',
     epoch BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id)
@@ -126,19 +132,30 @@ ALTER TABLE {table}
     DROP CONSTRAINT {pkey},
     ADD PRIMARY KEY (owner, id)
 """
-# A table from before the retry policy has no attempts column: added.
-_ADD_ATTEMPTS = "ALTER TABLE {table} ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
-# A job stored again (it failed and waits for its next attempt: only such
-# jobs have attempts) replaces its row; new jobs go in with COPY.
+# Columns a table from an older txgearmand lacks, added under the schema
+# lock: attempts (the retry policy), then the failed list's.
+_ADDED_COLUMNS = (
+    ("attempts", "attempts INTEGER NOT NULL DEFAULT 0"),
+    ("first_failed", "first_failed DOUBLE PRECISION"),
+    ("failed_at", "failed_at DOUBLE PRECISION"),
+    ("reason", "reason TEXT NOT NULL DEFAULT ''"),
+)
+# A job stored again (StoredJob.replaces: it failed and waits for its next
+# attempt, landed in the failed list, or was run again from it) replaces
+# its row; new jobs go in with COPY.
 _UPSERT = (
     "INSERT INTO {table} AS j (" + _OWNED_COLUMNS + ")"
     " SELECT %s::bigint, %s::bytea, %s::bytea, %s::bytea, %s::bytea, %s::smallint,"
-    " %s::double precision, %s::bytea, %s::integer, n.name, n.epoch FROM {table}_nodes n"
+    " %s::double precision, %s::bytea, %s::integer, %s::double precision,"
+    " %s::double precision, %s::text, n.name, n.epoch FROM {table}_nodes n"
     # Fenced: not once another node adopted this node's jobs (which
     # bumped its epoch), or the job would be back under this node too.
     " WHERE n.name = %s AND n.epoch = %s"
     " ON CONFLICT (owner, id) DO UPDATE SET when_to_run = EXCLUDED.when_to_run,"
-    " attempts = EXCLUDED.attempts WHERE j.epoch = EXCLUDED.epoch"
+    " attempts = EXCLUDED.attempts, first_failed = EXCLUDED.first_failed,"
+    " failed_at = EXCLUDED.failed_at, reason = EXCLUDED.reason,"
+    " handle = EXCLUDED.handle, priority = EXCLUDED.priority"
+    " WHERE j.epoch = EXCLUDED.epoch"
 )
 
 # An advisory lock key held while the tables are created or changed, so
@@ -225,15 +242,18 @@ def _create_or_migrate(conn: _pgdriver.Connection, table: str) -> None:
     schema to this one; its rows keep no owner until a node claims them.
     """
     columns = _columns(conn, table)
-    if {"owner", "attempts"} <= columns and conn.execute(
-        "SELECT to_regclass(%s)", (table + "_nodes",)
-    ).fetchone()[0]:
+    needed = {"owner", *(name for name, _ in _ADDED_COLUMNS)}
+    if (
+        needed <= columns
+        and conn.execute("SELECT to_regclass(%s)", (table + "_nodes",)).fetchone()[0]
+    ):
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         columns = _columns(conn, table)
-        if columns and "attempts" not in columns:
-            conn.execute(_ADD_ATTEMPTS.format(table=table))
+        for name, definition in _ADDED_COLUMNS:
+            if columns and name not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
         if columns and "owner" not in columns:
             (pkey,) = conn.execute(
                 "SELECT conname::text FROM pg_catalog.pg_constraint"
@@ -667,14 +687,13 @@ class PostgreSQLStore(ThreadedStore):
         epoch = self.epoch
         with conn.transaction():
             if adds:
-                new = [job for job in adds if not job.attempts]
+                new = [job for job in adds if not job.replaces]
                 if new:
                     conn.copy_rows(self.table, _OWNED_COLUMNS, ((*job, node, epoch) for job in new))
-                # A job stored again (it failed and waits for its next
-                # attempt: only such jobs have attempts) replaces its row,
-                # if its row is still this node's at this epoch.
+                # A job stored again (see StoredJob.replaces) replaces its
+                # row, if its row is still this node's at this epoch.
                 for job in adds:
-                    if job.attempts:
+                    if job.replaces:
                         conn.execute(_UPSERT.format(table=self.table), (*job, node, epoch))
             if removes:
                 # Fenced: rows another node adopted (or a later start of

@@ -38,29 +38,38 @@ CREATE TABLE IF NOT EXISTS txgearmand_jobs (
     priority INTEGER NOT NULL,
     when_to_run REAL,
     reducer BLOB NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_failed REAL,
+    failed_at REAL,
+    reason TEXT NOT NULL DEFAULT ''
 )
 """
-# A file from before the retry policy has no attempts column: added.
-_ADD_ATTEMPTS = "ALTER TABLE txgearmand_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
-# A job stored again under its id (it failed and waits for its next
-# attempt) replaces the row.
-_INSERT = (
-    "INSERT OR REPLACE INTO txgearmand_jobs"
-    " (id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Columns a file from an older txgearmand lacks, added at open: attempts
+# (the retry policy), then the failed list's.
+_ADDED_COLUMNS = (
+    ("attempts", "attempts INTEGER NOT NULL DEFAULT 0"),
+    ("first_failed", "first_failed REAL"),
+    ("failed_at", "failed_at REAL"),
+    ("reason", "reason TEXT NOT NULL DEFAULT ''"),
 )
+_COLUMNS = (
+    "id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts,"
+    " first_failed, failed_at, reason"
+)
+_N_COLUMNS = _COLUMNS.count(",") + 1
+_ROW = "(" + ",".join("?" * _N_COLUMNS) + ")"
+# A job stored again under its id (it failed and waits for its next
+# attempt, or landed in the failed list) replaces the row.
+_INSERT = "INSERT OR REPLACE INTO txgearmand_jobs (" + _COLUMNS + ") VALUES " + _ROW
 # Bound parameters per statement: 32766 since SQLite 3.32, 999 before.
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-_ROWS = min(500, _MAX_VARIABLES // 9)
+_ROWS = min(500, _MAX_VARIABLES // _N_COLUMNS)
 _IDS = min(2000, _MAX_VARIABLES)
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_rows(n: int) -> str:
-    return _INSERT.replace(
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", "VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * n)
-    )
+    return _INSERT.replace("VALUES " + _ROW, "VALUES " + ",".join([_ROW] * n))
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,10 +77,7 @@ def _delete_ids(n: int) -> str:
     return "DELETE FROM txgearmand_jobs WHERE id IN (" + ",".join("?" * n) + ")"
 
 
-_SELECT = (
-    "SELECT id, handle, function, uniq, payload, priority, when_to_run, reducer, attempts"
-    " FROM txgearmand_jobs ORDER BY id"
-)
+_SELECT = "SELECT " + _COLUMNS + " FROM txgearmand_jobs ORDER BY id"
 
 
 #: C gearmand's libsqlite3 queue: its default table (C{--libsqlite3-table});
@@ -122,27 +128,36 @@ def _connect(path: str) -> sqlite3.Connection:
     # FULL: a committed transaction survives a power cut, not only a crash.
     db.execute("PRAGMA synchronous=FULL").fetchall()
     db.execute(_SCHEMA).fetchall()
-    _add_attempts(db)
+    _add_columns(db)
     if _c_tables(db):
         _import_c_queues(db, path)
     return db
 
 
-def _add_attempts(db: sqlite3.Connection) -> None:
+def _add_columns(db: sqlite3.Connection) -> None:
     """
-    Give a table from before the retry policy its C{attempts} column.
+    Give a table from an older txgearmand the columns it lacks: C{attempts}
+    (the retry policy) and the failed list's C{first_failed},
+    C{failed_at} and C{reason}.
     """
     columns = {r[1] for r in db.execute("PRAGMA table_info(txgearmand_jobs)").fetchall()}
-    if "attempts" in columns:
-        return
-    try:
-        db.execute(_ADD_ATTEMPTS).fetchall()
-    except sqlite3.OperationalError as e:
-        # Another process opening the same file may have added it.
-        if "duplicate column" not in str(e):
-            raise
-    else:
-        _LOG.info("Added the attempts column to the job table of an older txgearmand")
+    added = []
+    for name, definition in _ADDED_COLUMNS:
+        if name in columns:
+            continue
+        try:
+            db.execute("ALTER TABLE txgearmand_jobs ADD COLUMN " + definition).fetchall()
+        except sqlite3.OperationalError as e:
+            # Another process opening the same file may have added it.
+            if "duplicate column" not in str(e):
+                raise
+        else:
+            added.append(name)
+    if added:
+        _LOG.info(
+            "Added the {columns} columns to the job table of an older txgearmand",
+            columns=", ".join(added),
+        )
 
 
 def _import_c_queues(db: sqlite3.Connection, path: str) -> int:

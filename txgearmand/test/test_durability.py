@@ -230,8 +230,11 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
 
     def test_job_ends_record_removed(self) -> None:
         """
-        A stored job that ends - done, failed, cancelled - is removed.
+        A stored job that ends - done, failed (with the failed list off),
+        cancelled - is removed.
         """
+        self.server.stopService()
+        self.start(ManualStore(), failed_keep=0)
         client = self.connect()
         for unique in (b"a", b"b", b"c"):
             client.send(P.SUBMIT_JOB_BG, b"f", unique, b"")

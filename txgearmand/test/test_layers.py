@@ -76,6 +76,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.guard": MODEL,
     "txgearmand.stats": MODEL,
     "txgearmand.flow": MODEL,
+    "txgearmand.deadletter": MODEL,
     "txgearmand.meters": MODEL,
     "txgearmand.access": MODEL,
     # 2: the job server.

@@ -325,7 +325,7 @@ class DurableRetryTests(_RetryMixin, SynchronousTestCase):
         until that time and keeps counting.
         """
         store = MemoryStore()
-        self.start(store=store, retry_failed=1)
+        self.start(store=store, retry_failed=1, failed_keep=0)
         handle = self.connect().submit(b"f", b"x", b"u", P.SUBMIT_JOB_BG)
         worker = self.worker(b"f")
         self.clock.advance(5)
@@ -335,7 +335,7 @@ class DurableRetryTests(_RetryMixin, SynchronousTestCase):
         self.assertEqual((record.handle, record.attempts, record.when), (handle, 1, 6.0))
         self.server.stopService()
 
-        self.start(store=store, retry_failed=1)
+        self.start(store=store, retry_failed=1, failed_keep=0)
         self.clock.advance(5)
         (job,) = self.server.jobs()
         self.assertEqual((job.handle, job.attempts, job.unique), (handle, 1, b"u"))
@@ -365,10 +365,11 @@ class DurableRetryTests(_RetryMixin, SynchronousTestCase):
 
     def test_not_written_when_off(self) -> None:
         """
-        Without retries, a failed job is removed from the store as before.
+        Without retries (and the failed list), a failed job is removed from
+        the store as before.
         """
         store = MemoryStore()
-        self.start(store=store)
+        self.start(store=store, failed_keep=0)
         handle = self.connect().submit(b"f", b"", b"", P.SUBMIT_JOB_BG)
         worker = self.worker(b"f")
         self.take(worker, handle)
