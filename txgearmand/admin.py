@@ -223,7 +223,7 @@ def _failed(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
         else:
             n = flow.drop_failed_function(args[2])
         return b"OK %d\r\n" % (n,)
-    if len(args) != 2:
+    if len(args) != 2 or args[1].lower() == b"function":
         return _err_incomplete(b"failed")
     if action == b"retry":
         found = flow.retry_failed_job(args[1])
