@@ -161,6 +161,25 @@ class OwnershipTests(_SharedTestsMixin):
         self.assertEqual([j.attempts for j in await b.load()], [2])
         self.assertEqual(await a.load(), [])
 
+    async def test_failed_columns(self) -> None:
+        """
+        A job stored again in the failed list (its first failure time,
+        when it landed there, its reason) replaces its row and is read
+        back so; adopted, it keeps them.
+        """
+        a = await self.node("a", takeover_after=1)
+        await a.add_many([job(1), job(2)])
+        failed = job(1)._replace(
+            attempts=3, first_failed=10.5, failed_at=20.25, reason="exception: boom\tü"
+        )
+        await a.add_many([failed])
+        self.assertEqual(await a.load(), [failed, job(2)])
+        self.sql("UPDATE txgearmand_jobs_nodes SET heartbeat = now() - interval '1 minute'")
+        b = await self.node("b", takeover_after=1)
+        one, two = (await b.adopt()).adopted
+        self.assertEqual(one._replace(id=1), failed)
+        self.assertEqual((two.failed_at, two.first_failed, two.reason), (None, None, ""))
+
 
 class PG8000OwnershipTests(OwnershipTests):
     """
@@ -340,6 +359,27 @@ class SharedDurabilityTests(SynchronousTestCase):
         worker.send(P.WORK_COMPLETE, b"H:me:1", b"")
         self.clock.advance(0)
         self.assertEqual(self.server.jobs(), [])
+
+    def test_adopted_failed_job(self) -> None:
+        """
+        An adopted job that was in the dead server's failed list joins
+        this server's failed list (under a new handle), not a queue.
+        """
+        failed = StoredJob(-6, b"H:other:8", b"f", b"u", b"p", 1, None, b"", 2, 5.0, 9.0, "failed")
+        self.store.jobs[-6] = failed
+        self.store.adoptions.append(Adoption([failed], None))
+        self.clock.advance(1)
+        self.assertEqual(self.server.jobs(), [])
+        (entry,) = self.server.failed.list()
+        self.assertEqual(
+            (entry.handle, entry.store_id, entry.attempts, entry.last_failed, entry.reason),
+            (b"H:me:1", -6, 2, 9.0, "failed"),
+        )
+        # Taken over later: it is no longer this server's to keep.
+        self.store.adoptions.append(Adoption([], []))
+        self.clock.advance(1)
+        self.assertEqual(self.server.failed.list(), [])
+        self.assertEqual(self.store.jobs, {-6: failed})
 
     def test_taken_over(self) -> None:
         """
