@@ -266,6 +266,7 @@
         num(count(f.failed + f.exceptions + f.timed_out + f.cancelled),
           "failed " + f.failed + ", exceptions " + f.exceptions + ", timed out " + f.timed_out +
           ", cancelled " + f.cancelled),
+        num(count(f.failed_kept || 0), (f.dead_lettered || 0) + " landed there since the start"),
         num(count(f.refused)),
         sparkline(f.name));
     });
