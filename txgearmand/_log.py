@@ -53,3 +53,22 @@ def set_level(name: str) -> None:
     level = LEVELS[name.upper()]
     _predicate.setLogLevelForNamespace("", level)
     debugging = level == LogLevel.debug
+
+
+def text(value: bytes) -> str:
+    """
+    Bytes from the wire as text for the log (not a Python repr).
+    """
+    return value.decode("utf-8", "backslashreplace")
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(32), 127]}
+_CONTROL.update({9: "\\t", 10: "\\n", 13: "\\r"})
+
+
+def printable(value: str) -> str:
+    """
+    Text with its control characters escaped (C{\\n}, C{\\x05}): a peer's
+    text logged on one line stays one line.
+    """
+    return value.translate(_CONTROL)

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txgearmand import metrics
 from txgearmand.deadletter import REASON_LENGTH, FailedJob
+from txgearmand.failures import exception_reason
 from txgearmand.interfaces import StoredJob
 from txgearmand.server import JobServer
 from txgearmand.settings import Settings, SettingsError
@@ -582,3 +583,46 @@ class SQLiteTests(TestCase):
         (record,) = await store.load()
         await store.close()
         self.assertEqual((record.handle, record.attempts, record.failed_at), (handle, 0, None))
+
+
+class ExceptionReasonTests(SynchronousTestCase):
+    """
+    A WORK_EXCEPTION's data as the failed list and the log show it.
+    """
+
+    def test_plain(self) -> None:
+        """
+        Text stays as it is, without surrounding space.
+        """
+        self.assertEqual(exception_reason(b"boom\n"), "boom")
+
+    def test_control_characters(self) -> None:
+        """
+        Control characters are escaped, so that the reason is one line.
+        """
+        self.assertEqual(exception_reason(b"a\nb\tc\x05d\x7f"), "a\\nb\\tc\\x05d\\x7f")
+
+    def test_perl_storable(self) -> None:
+        """
+        Perl's Gearman::Worker freezes a dying function's error with
+        Storable: a short scalar and a long one are unwrapped.
+        """
+        self.assertEqual(exception_reason(b"\x05\x0b\x0a\x05boom\n"), "boom")
+        long = b"x" * 300
+        self.assertEqual(
+            exception_reason(b"\x05\x0b\x01" + len(long).to_bytes(4, "big") + long), "x" * 200
+        )
+
+    def test_not_storable(self) -> None:
+        """
+        Data that only starts like Storable's (its length does not match)
+        is shown as it came, escaped.
+        """
+        self.assertEqual(exception_reason(b"\x05\x0b\x0a\x09boom"), "\\x05\\x0b\\n\\tboom")
+
+    def test_invalid_utf8(self) -> None:
+        """
+        Bytes that are not UTF-8 are shown as escapes, and the text is cut
+        to the kept length.
+        """
+        self.assertEqual(exception_reason(b"\xff" + b"y" * 300), "\\xff" + "y" * 196)

@@ -77,6 +77,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.stats": MODEL,
     "txgearmand.flow": MODEL,
     "txgearmand.deadletter": MODEL,
+    "txgearmand.failures": MODEL,
     "txgearmand.meters": MODEL,
     "txgearmand.access": MODEL,
     # 2: the job server.

@@ -53,8 +53,20 @@ _ATTEMPT_FAILED = re.compile(
 
 #: The server's line for a job that failed its last allowed attempt.
 _ENDED = re.compile(
-    r"Job (?P<handle>\S+) \((?P<function>[^)]*)\) ended after (?P<attempts>\d+) failed attempts"
+    r"Job (?P<handle>\S+) \((?P<function>[^)]*)\) kept in the failed list: unique \S*,"
+    r" (?P<attempts>\d+) failed attempts"
 )
+
+
+def failed_list(port: int) -> list[list[str]]:
+    """
+    The server's failed list (admin C{show failed}): handle, function,
+    unique, attempts, first and last failure, reason, per job.
+    """
+    lines = _process.admin(port, b"show failed").decode().splitlines()
+    assert lines[-1] == ".", lines
+    return [line.split("\t") for line in lines[:-1]]
+
 
 #: A command for C{gearman -w}: it records each run (a time stamp) in a
 #: file, fails (exits 1) its first C{FAILS} runs, then succeeds and records
@@ -248,8 +260,9 @@ class LibgearmanRetryTests(_RetryProcessMixin, SynchronousTestCase):
         self.assertIn("queued again for attempt 2", log)
         self.assertNotIn("queued again for attempt 3", log)
         self.assertIsNone(_ATTEMPT_FAILED.search(log), log)
-        # dead-letter: the failed list is checked in test_retry.py
-        self.assertNotIn("ended after", log)
+        # It gave up without a failure answer: in the failed list, lost.
+        ((_, function, _, attempts, *_, reason),) = failed_list(self.port)
+        self.assertEqual((function, attempts, reason), ("dies", "2", "worker lost"))
 
 
 class PerlRetryTests(_RetryProcessMixin, SynchronousTestCase):
@@ -284,8 +297,10 @@ class PerlRetryTests(_RetryProcessMixin, SynchronousTestCase):
         self.assertEqual(ptype, P.JOB_CREATED)
 
         (ended,) = self.wait_log(_ENDED)
-        # dead-letter: the failed list is checked in test_retry.py
         self.assertEqual((ended["handle"], ended["attempts"]), (handle.decode(), "2"))
+        # Perl's frozen error is unwrapped: the text alone, on one line.
+        ((listed, _, _, attempts, *_, reason),) = failed_list(self.port)
+        self.assertEqual((listed, attempts, reason), (handle.decode(), "2", "exception: boom"))
         wait_until(lambda: self.job_gone(b"boom"), what="the job to end")
         # The worker survived the dropped WORK_FAILs: it does more work, and
         # the failed job was not run a third time before it.
@@ -294,9 +309,9 @@ class PerlRetryTests(_RetryProcessMixin, SynchronousTestCase):
         self.assertEqual(runs.read_text(), "boom x\nboom x\nfine y\n")
 
         log = self.log_since()
-        # The exception is Perl's error frozen with Storable: a few binary
-        # bytes, then the text (logged with them as they came).
-        raised = re.findall(r"\(boom\) raised on \S+: .{0,60}?boom", log, re.DOTALL)
+        # The exception is Perl's error frozen with Storable: logged as its
+        # text, unwrapped, on one line.
+        raised = re.findall(r"\(boom\) raised on \S+: boom$", log, re.MULTILINE)
         self.assertEqual(len(raised), 2, log)
         (failed,) = _ATTEMPT_FAILED.finditer(log)
         self.assertEqual((failed["attempt"], failed["of"]), ("1", "2"))
@@ -447,10 +462,12 @@ class KilledBetweenAttemptsTests(_RetryProcessMixin, SynchronousTestCase):
         self.spawn(_gearman(self.port, "-w", "-f", "crashy", *command), "w2")
 
         (ended,) = self.wait_log(_ENDED, offset=offset)
-        # dead-letter: the failed list is checked in test_retry.py
         self.assertEqual((ended["handle"], ended["attempts"]), (failed["handle"], "4"))
         wait_until(lambda: self.job_gone(b"crashy"), what="the job to end")
-        wait_until(lambda: self.stored(path) == [], what="the store to be empty")
+        # Kept in the failed list, and in the store (one row) for the next life.
+        ((listed, _, _, attempts, *_),) = failed_list(self.port)
+        self.assertEqual((listed, attempts), (failed["handle"], "4"))
+        wait_until(lambda: len(self.stored(path)) == 1, what="the failed row")
         log = self.log_since(offset)
         after = [(m["attempt"], m["of"], m["handle"]) for m in _ATTEMPT_FAILED.finditer(log)]
         self.assertEqual(after, [("2", "4", failed["handle"]), ("3", "4", failed["handle"])], log)
