@@ -418,7 +418,10 @@ class KilledBetweenAttemptsTests(_RetryProcessMixin, SynchronousTestCase):
         killed after the first failed attempt is stored; restarted on the
         same file (with a short back-off from then on), it runs the job at
         its stored time, logs the next failure as attempt 2 of 4 (not 1),
-        and gives up after 4 failed attempts in all, across both lives.
+        and gives up after 4 failed attempts in all, across both lives:
+        the job is in the failed list, which a third life (after another
+        SIGKILL) still has, and whose admin C{failed retry} runs it again,
+        to completion, once.
         """
         store = Path(self.mktemp()).resolve()
         store.mkdir(parents=True)
@@ -459,7 +462,7 @@ class KilledBetweenAttemptsTests(_RetryProcessMixin, SynchronousTestCase):
         self.addCleanup(second.kill)
         second.start()
         self.server = second
-        self.spawn(_gearman(self.port, "-w", "-f", "crashy", *command), "w2")
+        failing = self.spawn(_gearman(self.port, "-w", "-f", "crashy", *command), "w2")
 
         (ended,) = self.wait_log(_ENDED, offset=offset)
         self.assertEqual((ended["handle"], ended["attempts"]), (failed["handle"], "4"))
@@ -468,6 +471,7 @@ class KilledBetweenAttemptsTests(_RetryProcessMixin, SynchronousTestCase):
         ((listed, _, _, attempts, *_),) = failed_list(self.port)
         self.assertEqual((listed, attempts), (failed["handle"], "4"))
         wait_until(lambda: len(self.stored(path)) == 1, what="the failed row")
+
         log = self.log_since(offset)
         after = [(m["attempt"], m["of"], m["handle"]) for m in _ATTEMPT_FAILED.finditer(log)]
         self.assertEqual(after, [("2", "4", failed["handle"]), ("3", "4", failed["handle"])], log)
@@ -476,3 +480,30 @@ class KilledBetweenAttemptsTests(_RetryProcessMixin, SynchronousTestCase):
         # The second attempt waited for the time stored by the first life.
         self.assertGreaterEqual(stamps[1], when - 0.01)
         self.assertNotIn("Traceback", self.log_since())
+
+        # Killed again: the failed list comes back with the restart, and
+        # the admin command runs the job again (a worker that now succeeds:
+        # its fifth run), once; then nothing is left, in memory or stored.
+        failing.kill()
+        failing.wait(10)
+        assert second.process is not None
+        second.process.kill()
+        second.process.wait(_process.STOP_TIMEOUT)
+        third = _process.Server(argv, first.port, first.log_path, first.cwd)
+        self.addCleanup(third.kill)
+        third.start()
+        self.server = third
+        ((listed, _, _, attempts, *_),) = failed_list(self.port)
+        self.assertEqual((listed, attempts), (failed["handle"], "4"))
+        fixed = ["--", sys.executable, str(script), str(runs), "4"]
+        self.spawn(_gearman(self.port, "-w", "-f", "crashy", *fixed), "w3")
+        wait_until(lambda: status(self.port).get(b"crashy", (0, 0, 0))[2] >= 1, what="worker 3")
+        self.assertEqual(
+            _process.admin(self.port, b"failed retry " + failed["handle"].encode()), b"OK\r\n"
+        )
+        done = Path(str(runs) + ".done")
+        wait_until(done.exists, what="the job run again to complete")
+        self.assertEqual(done.read_text(), "5\n")
+        wait_until(lambda: self.job_gone(b"crashy"), what="the job to end")
+        self.assertEqual(failed_list(self.port), [])
+        wait_until(lambda: self.stored(path) == [], what="the store to be empty")
