@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
-from txgearmand.deadletter import FailedJob, FailedList, cut_reason
+from txgearmand.deadletter import REASON_LENGTH, FailedJob, FailedList, cut_reason
 from txgearmand.durability import Durability
 from txgearmand.functions import FunctionRegistry
 from txgearmand.job import Job, JobTable
@@ -37,7 +37,8 @@ def exception_reason(data: bytes) -> str:
     """
     A WORK_EXCEPTION's data as text for the log and the failed list: a
     Perl worker's frozen error unwrapped, control characters escaped (so
-    that a line stays one line), cut to L{cut_reason}'s length.
+    that a line stays one line), cut to L{REASON_LENGTH} characters
+    (and C{...}).
     """
     if len(data) > 3 and data[0] == 0x05 and data[1] < 0x20:
         size = _STORABLE_SCALARS.get(data[2])
@@ -45,7 +46,8 @@ def exception_reason(data: bytes) -> str:
             n = int.from_bytes(data[3 : 3 + size], "big")
             if len(data) == 3 + size + n:
                 data = data[3 + size :]
-    return cut_reason(_log.printable(text(data).strip()))
+    reason = _log.printable(text(data).strip())
+    return reason if len(reason) <= REASON_LENGTH else reason[:REASON_LENGTH] + "..."
 
 
 class FailurePolicy:

@@ -369,8 +369,8 @@ class AdminTests(_FailedMixin, SynchronousTestCase):
         admin = self.connect(LOCAL)
         self.assertEqual(
             admin.admin(b"show failed"),
-            b"%s\tf\tu\t1\t1.500\t1.500\texception: a b c\n%s\tg\t\t1\t2.500\t2.500\tfailed\n.\n"
-            % (f1, g1),
+            b"%s\tf\tu\t1\t1.500\t1.500\texception: a\\tb\\nc\n"
+            b"%s\tg\t\t1\t2.500\t2.500\tfailed\n.\n" % (f1, g1),
         )
         self.assertEqual(
             admin.admin(b"show failed g"), b"%s\tg\t\t1\t2.500\t2.500\tfailed\n.\n" % (g1,)
@@ -610,7 +610,8 @@ class ExceptionReasonTests(SynchronousTestCase):
         self.assertEqual(exception_reason(b"\x05\x0b\x0a\x05boom\n"), "boom")
         long = b"x" * 300
         self.assertEqual(
-            exception_reason(b"\x05\x0b\x01" + len(long).to_bytes(4, "big") + long), "x" * 200
+            exception_reason(b"\x05\x0b\x01" + len(long).to_bytes(4, "big") + long),
+            "x" * 200 + "...",
         )
 
     def test_not_storable(self) -> None:
@@ -623,6 +624,6 @@ class ExceptionReasonTests(SynchronousTestCase):
     def test_invalid_utf8(self) -> None:
         """
         Bytes that are not UTF-8 are shown as escapes, and the text is cut
-        to the kept length.
+        to the kept length (marked C{...}; the failed list cuts the mark).
         """
-        self.assertEqual(exception_reason(b"\xff" + b"y" * 300), "\\xff" + "y" * 196)
+        self.assertEqual(exception_reason(b"\xff" + b"y" * 300), "\\xff" + "y" * 196 + "...")
