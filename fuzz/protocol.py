@@ -1078,7 +1078,7 @@ def check_server(server: JobServer, clock: Clock, quiet: bool = True) -> None:
     @param quiet: no bytes are in flight and the server's batch is closed,
         so the store and the timers must be up to date too.
     """
-    from txgearmand.job import cost
+    from txgearmand.job import JOB_OVERHEAD, cost
     from txgearmand.records import JobState
 
     queued_state, running_state, scheduled_state = (
@@ -1178,9 +1178,14 @@ def check_server(server: JobServer, clock: Clock, quiet: bool = True) -> None:
             _fail(f"{where} has a stale wake-up timer")
     if counts:
         _fail(f"jobs of unknown functions: {sorted(counts)!r}")
-    held = sum(cost(job) for job in table.by_handle.values())
+    held = sum(cost(job) for job in table.by_handle.values()) + server.failed.held_bytes
     if table.held_bytes != held:
         _fail(f"the table counts {table.held_bytes} bytes held, its jobs cost {held}")
+    kept = sum(
+        JOB_OVERHEAD + len(job.payload) + len(job.unique) + len(job.reason) for job in server.failed
+    )
+    if server.failed.held_bytes != kept:
+        _fail(f"the failed list counts {server.failed.held_bytes} bytes, its jobs {kept}")
 
     for client in clients:
         if not client.connected:

@@ -128,6 +128,10 @@ def _maxqueue(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     return _OK
 
 
+#: How many functions C{retryfailed} keeps a limit for.
+MAX_RETRY_LIMITS = 10_000
+
+
 def _retryfailed(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     # txgearmand's own, in maxqueue's shape: "retryfailed FUNC [N]"; no N
     # goes back to --retry-failed.
@@ -143,6 +147,10 @@ def _retryfailed(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
             limit = -1
         if limit < 0:
             return b"ERR INVALID_ARGUMENTS retryfailed+takes+a+count+of+0+or+more\r\n"
+    limits = server.flow.retry_limits
+    if limit is not None and args[0] not in limits and len(limits) >= MAX_RETRY_LIMITS:
+        # A peer may not grow the server without bound, one name at a time.
+        return b"ERR TOO_MANY_FUNCTIONS retryfailed+keeps+limits+for+at+most+10000+functions\r\n"
     server.set_retry_failed(args[0], limit)
     return _OK
 

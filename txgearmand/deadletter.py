@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from txgearmand import _log
 from txgearmand.interfaces import StoredJob
+from txgearmand.job import JOB_OVERHEAD, JobTable
 from txgearmand.records import Job
 
 __all__ = ["REASON_LENGTH", "FailedJob", "FailedList", "cut_reason"]
@@ -188,10 +189,13 @@ class FailedList:
         keep: int,
         max_age: float,
         remove: Callable[[int], None],
+        table: JobTable | None = None,
     ) -> None:
         """
         @param clock: the flow's clock: the time, and the expiry timer.
         @param remove: removes a dropped job's row from the store, by id.
+        @param table: the job table whose C{held_bytes} (what the memory
+            budget counts) the kept jobs count in too.
         """
         self._clock = clock
         self.keep = keep
@@ -199,6 +203,9 @@ class FailedList:
         self._remove = remove
         self._jobs: dict[bytes, FailedJob] = {}
         self._counts: dict[bytes, int] = {}
+        self._table = table
+        #: What the kept jobs count against the memory budget.
+        self.held_bytes = 0
         self.dropped = 0
         self.timer: IDelayedCall | None = None
         self._stopped = False
@@ -254,6 +261,7 @@ class FailedList:
                 self._uncount(old)
             entries[job.handle] = job
             self._counts[job.function] = self._counts.get(job.function, 0) + 1
+            self._hold(job, 1)
         if not ordered:
             self._jobs = dict(sorted(entries.items(), key=lambda item: item[1].last_failed))
             # An older job came: the timer waits for the oldest.
@@ -296,6 +304,7 @@ class FailedList:
         taken = [job for job in self._jobs.values() if job.function == function]
         for job in taken:
             del self._jobs[job.handle]
+            self._hold(job, -1)
         if taken:
             self._counts.pop(function, None)
             self._changed()
@@ -356,7 +365,16 @@ class FailedList:
         if job.store_id is not None:
             self._remove(job.store_id)
 
+    def _hold(self, job: FailedJob, sign: int) -> None:
+        # Kept payloads count against the memory budget, as live jobs do:
+        # workers that fail everything cannot park memory here unseen.
+        size = sign * (JOB_OVERHEAD + len(job.payload) + len(job.unique) + len(job.reason))
+        self.held_bytes += size
+        if self._table is not None:
+            self._table.held_bytes += size
+
     def _uncount(self, job: FailedJob) -> None:
+        self._hold(job, -1)
         n = self._counts.get(job.function, 0) - 1
         if n > 0:
             self._counts[job.function] = n

@@ -107,6 +107,13 @@ class Durability:
         self._records: dict[int, StoredJob] = {}
         self.failed: FailedList | None = None
         self._to_remove: list[int] = []
+        # Ids whose first write (an add) is with the store, not yet
+        # committed: a change to such a job is an update, after it.
+        self._adding: set[int] = set()
+        # Updates the store failed (it was down), by id: sent again with
+        # the next writes (or once a shared store answers again), unless
+        # the job changed again or ended meanwhile.
+        self._update_again: dict[int, StoredJob] = {}
         # Removals the store failed (it was down): sent again with the next
         # writes, so that jobs done while it was away do not run again at
         # the next start.
@@ -298,7 +305,7 @@ class Durability:
             if self._adopt_failing:
                 self._adopt_failing = False
                 self.log.info("This server proves it is alive in the job store again")
-            if self._remove_again and not self._closing:
+            if (self._remove_again or self._update_again) and not self._closing:
                 self.flush()
         self._schedule_adopt()
 
@@ -335,7 +342,9 @@ class Durability:
         ]
         failed = self.failed
         lost_failed = (
-            [job for job in failed if job.store_id not in kept] if failed is not None else []
+            [job for job in failed if job.store_id is not None and job.store_id not in kept]
+            if failed is not None
+            else []
         )
         if not lost and not lost_failed and self._taken_over:
             # Again, with nothing more to drop (two servers under one
@@ -437,8 +446,9 @@ class Durability:
         if store_id is None or self.store is None:
             return
         before = self._to_store.get(store_id)
-        if before is not None and before is not job and before.commit_waiters is not None:
+        if before is not None and before is not job and self._unsent(before, store_id):
             self._not_stored.append(before)
+        self._update_again.pop(store_id, None)
         self._to_store[store_id] = job
         if record is None:
             self._records.pop(store_id, None)
@@ -455,8 +465,9 @@ class Durability:
         if self.store is None:
             return
         self._records.pop(store_id, None)
+        self._update_again.pop(store_id, None)
         job = self._to_store.pop(store_id, None)
-        if job is not None and job.commit_waiters is not None:
+        if job is not None and self._unsent(job, store_id):
             self._not_stored.append(job)
         self._to_remove.append(store_id)
         if not self._batch.depth:
@@ -472,15 +483,12 @@ class Durability:
             return
         job.store_id = None
         self._records.pop(store_id, None)
-        if self._to_store.pop(store_id, None) is None:
-            self._to_remove.append(store_id)
-        elif job.attempts or job.first_failed is not None:
-            # Stored again this turn (see update): its row was written before.
-            self._to_remove.append(store_id)
-            if job.commit_waiters is not None:
-                self._not_stored.append(job)
-        else:
+        self._update_again.pop(store_id, None)
+        if self._to_store.pop(store_id, None) is not None and self._unsent(job, store_id):
+            # Ended in the turn it was accepted: never written.
             self._not_stored.append(job)
+        else:
+            self._to_remove.append(store_id)
         if not self._batch.depth:
             self._batch.flush()
 
@@ -493,33 +501,46 @@ class Durability:
         if store is None:
             return
         if self._not_stored:
-            jobs, self._not_stored = self._not_stored, []
-            self._committed(None, jobs)
-        if self._to_store:
+            ended, self._not_stored = self._not_stored, []
+            self._committed(None, ended)
+        if self._to_store or self._update_again:
             to_store, self._to_store = self._to_store, {}
             records, self._records = self._records, {}
-            jobs = list(to_store.values())
-            d = store.add_many(
-                [
-                    records.get(store_id)
-                    or StoredJob(
-                        store_id,
-                        job.handle,
-                        job.queue.name,
-                        job.unique,
-                        job.data,
-                        job.priority,
-                        job.when,
-                        job.reducer,
-                        job.attempts,
-                        job.first_failed,
-                    )
-                    for store_id, job in to_store.items()
-                ]
-            )
-            if self._timed:
-                d.addBoth(self._wrote, self._writing_started(), len(jobs))
-            d.addBoth(self._committed, jobs)
+            jobs: list[Job] = []
+            added: list[StoredJob] = []
+            updated = [r for i, r in self._update_again.items() if i not in to_store]
+            self._update_again = {}
+            for store_id, job in to_store.items():
+                record = records.get(store_id) or StoredJob(
+                    store_id,
+                    job.handle,
+                    job.queue.name,
+                    job.unique,
+                    job.data,
+                    job.priority,
+                    job.when,
+                    job.reducer,
+                    job.attempts,
+                    job.first_failed,
+                )
+                if self._unsent(job, store_id):
+                    jobs.append(job)
+                    added.append(record)
+                else:
+                    updated.append(record)
+            if added:
+                ids = [record.id for record in added]
+                self._adding.update(ids)
+                d = store.add_many(added)
+                if self._timed:
+                    d.addBoth(self._wrote, self._writing_started(), len(added))
+                d.addBoth(self._added, ids)
+                d.addBoth(self._committed, jobs)
+            if updated:
+                d = store.update_many(updated)
+                if self._timed:
+                    d.addBoth(self._wrote, self._writing_started(), len(updated))
+                d.addErrback(self._update_failed, updated)
         if self._remove_again:
             self._to_remove.extend(self._remove_again)
             self._remove_again = []
@@ -529,6 +550,24 @@ class Durability:
             if self._timed:
                 d.addBoth(self._wrote, self._writing_started(), len(ids))
             d.addErrback(self._remove_failed, ids)
+
+    def _unsent(self, job: Job, store_id: int) -> bool:
+        """
+        Whether a job's first write (its add) is yet to be handed to the
+        store: it waits for its commit, and is not being added.
+        """
+        return job.commit_waiters is not None and store_id not in self._adding
+
+    def _added(self, result: object, ids: list[int]) -> object:
+        self._adding.difference_update(ids)
+        return result
+
+    def _update_failed(self, failure: Failure, records: list[StoredJob]) -> None:
+        # The store logged it.  The job goes on (it is stored already, as
+        # it was); its change is sent again with the next writes, unless
+        # it changed again or ended meanwhile.
+        for record in records:
+            self._update_again.setdefault(record.id, record)
 
     def _remove_failed(self, failure: Failure, ids: list[int]) -> None:
         # The store logged it.  The ids go with the next writes (or, with

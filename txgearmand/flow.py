@@ -119,7 +119,11 @@ class JobFlow(FailurePolicy):
         self.retry_limits: dict[bytes, int] = {}
         self.random = random.Random()
         self.failed = FailedList(
-            reactor, settings.failed_keep, settings.failed_max_age, self.durability.remove
+            reactor,
+            settings.failed_keep,
+            settings.failed_max_age,
+            self.durability.remove,
+            self.table,
         )
         self.durability.failed = self.failed
 

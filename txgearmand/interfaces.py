@@ -66,15 +66,6 @@ class StoredJob(NamedTuple):
     failed_at: Optional[float] = None
     reason: str = ""
 
-    @property
-    def replaces(self) -> bool:
-        """
-        Whether this record is a job stored again (it failed, or is in the
-        failed list, or was run again from it): its row was written before
-        and this one replaces it, where a new job's row is inserted.
-        """
-        return self.attempts > 0 or self.failed_at is not None or self.first_failed is not None
-
 
 class IPeer(Interface):
     """
@@ -155,15 +146,22 @@ class IJobStore(Interface):
 
     def add_many(jobs: Sequence[StoredJob]) -> Deferred[None]:
         """
-        Store jobs.  A job may come again with the id it was stored under,
-        changed (its L{StoredJob.attempts} and L{StoredJob.when}, when it
-        failed and waits to be tried again; its failure fields, when it
-        landed in the failed list): it replaces the stored one.  Such a
-        record says so (L{StoredJob.replaces}); a new job never comes with
-        the id of a stored one.
+        Store new jobs (never the id of a stored one).
 
         @return: a Deferred that fires once all of them are durable
             (committed): a crash after that does not lose them.
+        """
+
+    def update_many(jobs: Sequence[StoredJob]) -> Deferred[None]:
+        """
+        Write stored jobs again, changed (by id): a job that failed and
+        waits to be tried again (its L{StoredJob.attempts}, L{StoredJob.when},
+        L{StoredJob.first_failed}), one that landed in the failed list (its
+        failure fields), or one run again from it (its handle and priority
+        too).  A job whose row is gone (removed, never committed, or no
+        longer this server's) is not written: an update never inserts.
+
+        @return: a Deferred that fires once the changes are committed.
         """
 
     def remove_many(job_ids: Sequence[int]) -> Deferred[None]:

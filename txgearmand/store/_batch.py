@@ -20,8 +20,8 @@ from txgearmand.interfaces import StoredJob, StoreUnavailable
 
 log = _log.logger("txgearmand.store")
 
-#: C{(added, removed)}: what one transaction must do.
-Batch = tuple[list[StoredJob], list[int]]
+#: C{(added, updated, removed)}: what one transaction must do.
+Batch = tuple[list[StoredJob], list[StoredJob], list[int]]
 
 
 class BatchWriter:
@@ -34,14 +34,15 @@ class BatchWriter:
     already gathers a reactor turn's writes into one call); while one runs,
     later writes wait and form the next batch, so the busier the server,
     the bigger the batches.  A job added and removed in the same batch is
-    never written (unless it was stored again, L{StoredJob.replaces}: its
-    earlier row is deleted).  The Deferred of each write fires once its batch is
+    never written; one added and updated in the same batch is written
+    once, as updated.  The Deferred of each write fires once its batch is
     committed, or fails with the transaction's error.
     """
 
     def __init__(self, commit: Callable[[Batch], Deferred[None]]) -> None:
         self._commit = commit
         self._adds: dict[int, StoredJob] = {}
+        self._updates: dict[int, StoredJob] = {}
         self._removes: list[int] = []
         self._waiters: list[Deferred[None]] = []
         self._running = False
@@ -56,17 +57,31 @@ class BatchWriter:
             adds[job.id] = job
         return self._wait()
 
+    def update_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        """
+        Write stored jobs again, changed (one still waiting to be added is
+        added as changed); fires once they are committed.
+        """
+        adds = self._adds
+        updates = self._updates
+        for job in jobs:
+            if job.id in adds:
+                adds[job.id] = job
+            else:
+                updates[job.id] = job
+        return self._wait()
+
     def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
         """
         Forget jobs (one added in the same batch is never written); fires
         once the removals are committed.
         """
         adds = self._adds
+        updates = self._updates
         removes = self._removes
         for job_id in job_ids:
-            added = adds.pop(job_id, None)
-            # A job stored again (see StoredJob.replaces) was written before.
-            if added is None or added.replaces:
+            if adds.pop(job_id, None) is None:
+                updates.pop(job_id, None)
                 removes.append(job_id)
         return self._wait()
 
@@ -87,11 +102,12 @@ class BatchWriter:
         if self._running or not self._waiters:
             return
         adds, self._adds = self._adds, {}
+        updates, self._updates = self._updates, {}
         removes, self._removes = self._removes, []
         waiters, self._waiters = self._waiters, []
         self._running = True
-        if adds or removes:
-            d = maybeDeferred(self._commit, (list(adds.values()), removes))
+        if adds or updates or removes:
+            d = maybeDeferred(self._commit, (list(adds.values()), list(updates.values()), removes))
         else:
             d = succeed(None)
         d.addBoth(self._committed, waiters)
@@ -156,6 +172,9 @@ class ThreadedStore:
 
     def add_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
         return self._writer.add_many(jobs)
+
+    def update_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        return self._writer.update_many(jobs)
 
     def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
         return self._writer.remove_many(job_ids)

@@ -38,6 +38,12 @@ class MemoryStore:
             self.jobs[job.id] = job
         return succeed(None)
 
+    def update_many(self, jobs: Sequence[StoredJob]) -> Deferred[None]:
+        for job in jobs:
+            if job.id in self.jobs:
+                self.jobs[job.id] = job
+        return succeed(None)
+
     def remove_many(self, job_ids: Sequence[int]) -> Deferred[None]:
         for job_id in job_ids:
             self.jobs.pop(job_id, None)

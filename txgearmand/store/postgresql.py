@@ -140,22 +140,14 @@ _ADDED_COLUMNS = (
     ("failed_at", "failed_at DOUBLE PRECISION"),
     ("reason", "reason TEXT NOT NULL DEFAULT ''"),
 )
-# A job stored again (StoredJob.replaces: it failed and waits for its next
-# attempt, landed in the failed list, or was run again from it) replaces
-# its row; new jobs go in with COPY.
-_UPSERT = (
-    "INSERT INTO {table} AS j (" + _OWNED_COLUMNS + ")"
-    " SELECT %s::bigint, %s::bytea, %s::bytea, %s::bytea, %s::bytea, %s::smallint,"
-    " %s::double precision, %s::bytea, %s::integer, %s::double precision,"
-    " %s::double precision, %s::text, n.name, n.epoch FROM {table}_nodes n"
-    # Fenced: not once another node adopted this node's jobs (which
-    # bumped its epoch), or the job would be back under this node too.
-    " WHERE n.name = %s AND n.epoch = %s"
-    " ON CONFLICT (owner, id) DO UPDATE SET when_to_run = EXCLUDED.when_to_run,"
-    " attempts = EXCLUDED.attempts, first_failed = EXCLUDED.first_failed,"
-    " failed_at = EXCLUDED.failed_at, reason = EXCLUDED.reason,"
-    " handle = EXCLUDED.handle, priority = EXCLUDED.priority"
-    " WHERE j.epoch = EXCLUDED.epoch"
+# A stored job written again (it failed and waits for its next attempt,
+# landed in the failed list, or was run again from it): never inserted, and
+# fenced like a removal, so that a job another node adopted (its row moved
+# to that node) or that was never committed does not come back.
+_UPDATE = (
+    "UPDATE {table} SET handle = %s, priority = %s, when_to_run = %s, attempts = %s,"
+    " first_failed = %s, failed_at = %s, reason = %s"
+    " WHERE owner = %s AND epoch = %s AND id = %s"
 )
 
 # An advisory lock key held while the tables are created or changed, so
@@ -681,20 +673,31 @@ class PostgreSQLStore(ThreadedStore):
             self._write_once(batch)
 
     def _write_once(self, batch: Batch) -> None:
-        adds, removes = batch
+        adds, updates, removes = batch
         conn = self._connection()
         node = self.node
         epoch = self.epoch
         with conn.transaction():
             if adds:
-                new = [job for job in adds if not job.replaces]
-                if new:
-                    conn.copy_rows(self.table, _OWNED_COLUMNS, ((*job, node, epoch) for job in new))
-                # A job stored again (see StoredJob.replaces) replaces its
-                # row, if its row is still this node's at this epoch.
-                for job in adds:
-                    if job.replaces:
-                        conn.execute(_UPSERT.format(table=self.table), (*job, node, epoch))
+                conn.copy_rows(self.table, _OWNED_COLUMNS, ((*job, node, epoch) for job in adds))
+            if updates:
+                update = _UPDATE.format(table=self.table)
+                for job in updates:
+                    conn.execute(
+                        update,
+                        (
+                            job.handle,
+                            job.priority,
+                            job.when,
+                            job.attempts,
+                            job.first_failed,
+                            job.failed_at,
+                            job.reason,
+                            node,
+                            epoch,
+                            job.id,
+                        ),
+                    )
             if removes:
                 # Fenced: rows another node adopted (or a later start of
                 # this node reclaimed) are not this node's to remove.

@@ -58,9 +58,13 @@ _COLUMNS = (
 )
 _N_COLUMNS = _COLUMNS.count(",") + 1
 _ROW = "(" + ",".join("?" * _N_COLUMNS) + ")"
-# A job stored again under its id (it failed and waits for its next
-# attempt, or landed in the failed list) replaces the row.
 _INSERT = "INSERT OR REPLACE INTO txgearmand_jobs (" + _COLUMNS + ") VALUES " + _ROW
+# A stored job written again (it failed and waits for its next attempt,
+# landed in the failed list, or was run again from it): never inserted.
+_UPDATE = (
+    "UPDATE txgearmand_jobs SET handle = ?, priority = ?, when_to_run = ?, attempts = ?,"
+    " first_failed = ?, failed_at = ?, reason = ? WHERE id = ?"
+)
 # Bound parameters per statement: 32766 since SQLite 3.32, 999 before.
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _ROWS = min(500, _MAX_VARIABLES // _N_COLUMNS)
@@ -287,7 +291,7 @@ class SQLiteStore(ThreadedStore):
     def _write(self, batch: Batch) -> None:
         db = self._db
         assert db is not None
-        adds, removes = batch
+        adds, updates, removes = batch
         cursor = db.cursor()
         cursor.execute("BEGIN")
         try:
@@ -297,6 +301,8 @@ class SQLiteStore(ThreadedStore):
             for start in range(0, len(adds), _ROWS):
                 chunk = adds[start : start + _ROWS]
                 cursor.execute(_insert_rows(len(chunk)), [v for job in chunk for v in job])
+            if updates:
+                cursor.executemany(_UPDATE, [(*_changed(job), job.id) for job in updates])
             for start in range(0, len(removes), _IDS):
                 chunk_ids = removes[start : start + _IDS]
                 cursor.execute(_delete_ids(len(chunk_ids)), chunk_ids)
@@ -312,3 +318,18 @@ class SQLiteStore(ThreadedStore):
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _changed(job: StoredJob) -> tuple[object, ...]:
+    """
+    What an update writes of a stored job, in L{_UPDATE}'s order.
+    """
+    return (
+        job.handle,
+        job.priority,
+        job.when,
+        job.attempts,
+        job.first_failed,
+        job.failed_at,
+        job.reason,
+    )

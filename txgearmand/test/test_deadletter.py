@@ -195,6 +195,26 @@ class BoundTests(_FailedMixin, SynchronousTestCase):
         )
         self.assertTrue(dropped[-1].endswith("(1000 dropped so far; one in 1000 is logged)"))
 
+    def test_memory_budget(self) -> None:
+        """
+        Kept jobs count against the memory budget like live ones: past
+        it, submissions are refused; taken out of the list, they count no
+        more.
+        """
+        self.start(max_memory=20000)
+        worker = self.worker(b"f")
+        for n in range(2):
+            self.fail_job(worker, data=b"%d" % n + b"x" * 5000)
+        table = self.server.table
+        self.assertEqual(self.server.jobs(), [])
+        self.assertGreater(table.held_bytes, 10000)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"", b"y" * 9000)
+        ((ptype, args),) = client.packets()
+        self.assertEqual((ptype, args[0]), (P.ERROR, b"QUEUE_ERROR"))
+        self.assertEqual(self.server.flow.drop_failed_function(b"f"), 2)
+        self.assertEqual(table.held_bytes, 0)
+
     def test_age(self) -> None:
         """
         A job older than C{failed_max_age} is dropped when its time comes
@@ -532,7 +552,6 @@ class DurableTests(_FailedMixin, SynchronousTestCase):
         self.assertEqual(
             record, StoredJob(7, b"H:1", b"f", b"u", b"p", 2, None, b"r", 3, 1.0, 2.0, "why")
         )
-        self.assertTrue(record.replaces)
         back = FailedJob.from_record(record, b"H:1")
         self.assertEqual(back.stored(), record)
 

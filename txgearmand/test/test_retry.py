@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from txgearmand import admin as admin_module
 from txgearmand.interfaces import StoredJob
 from txgearmand.job import JobState
 from txgearmand.meters import COMPLETED, EXCEPTIONS, FAILED, RETRIED
@@ -482,6 +483,22 @@ class AdminTests(_RetryMixin, SynchronousTestCase):
         for line in (b"retryfailed f -1", b"retryfailed f x", b"retryfailed f 1 2"):
             self.assertTrue(admin.admin(line).startswith(b"ERR INVALID_ARGUMENTS"), line)
         self.assertEqual(self.server.flow.retry_limits, {})
+
+    def test_bounded(self) -> None:
+        """
+        Limits are kept for at most L{MAX_RETRY_LIMITS} functions: one
+        more is refused, a known one may still change or go back.
+        """
+        self.patch(admin_module, "MAX_RETRY_LIMITS", 3)
+        self.start()
+        admin = self.connect(LOCAL)
+        for name in (b"a", b"b", b"c"):
+            self.assertEqual(admin.admin(b"retryfailed " + name + b" 1"), b"OK\r\n")
+        self.assertTrue(admin.admin(b"retryfailed d 1").startswith(b"ERR TOO_MANY_FUNCTIONS"))
+        self.assertEqual(admin.admin(b"retryfailed a 2"), b"OK\r\n")
+        self.assertEqual(admin.admin(b"retryfailed b"), b"OK\r\n")
+        self.assertEqual(admin.admin(b"retryfailed d 1"), b"OK\r\n")
+        self.assertEqual(self.server.flow.retry_limits, {b"a": 2, b"c": 1, b"d": 1})
 
     def test_access_rules(self) -> None:
         """

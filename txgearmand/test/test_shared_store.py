@@ -150,16 +150,20 @@ class OwnershipTests(_SharedTestsMixin):
         a = await self.node("a", takeover_after=1)
         await a.add_many([job(1)])
         again = job(1)._replace(attempts=2, when=1234.5)
-        await a.add_many([again])
+        await a.update_many([again])
         self.assertEqual(await a.load(), [again])
         self.sql("UPDATE txgearmand_jobs_nodes SET heartbeat = now() - interval '1 minute'")
         b = await self.node("b", takeover_after=1)
         (adopted,) = (await b.adopt()).adopted
         self.assertEqual((adopted.attempts, adopted.when), (2, 1234.5))
-        # Adopted: a's later rewrite touches nothing of it.
-        await a.add_many([job(1)._replace(attempts=3)])
+        # Adopted: a's later rewrite touches nothing of it, before a knows
+        # (its old epoch) and after (its new one): the row is not a's.
+        await a.update_many([job(1)._replace(attempts=3)])
+        self.assertEqual((await a.adopt()).kept, [])
+        await a.update_many([job(1)._replace(attempts=4)])
         self.assertEqual([j.attempts for j in await b.load()], [2])
         self.assertEqual(await a.load(), [])
+        self.assertEqual(len(self.sql("SELECT id FROM txgearmand_jobs")), 1)
 
     async def test_failed_columns(self) -> None:
         """
@@ -172,7 +176,7 @@ class OwnershipTests(_SharedTestsMixin):
         failed = job(1)._replace(
             attempts=3, first_failed=10.5, failed_at=20.25, reason="exception: boom\tü"
         )
-        await a.add_many([failed])
+        await a.update_many([failed])
         self.assertEqual(await a.load(), [failed, job(2)])
         self.sql("UPDATE txgearmand_jobs_nodes SET heartbeat = now() - interval '1 minute'")
         b = await self.node("b", takeover_after=1)

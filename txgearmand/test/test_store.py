@@ -193,17 +193,19 @@ class _JobStoreContractMixin:
 
     async def test_stored_again(self) -> None:
         """
-        A job stored again under its id, with attempts and a next run time
-        (it failed and waits to be tried again), replaces the stored one,
-        in its place in id order, across a reopen; its attempts are loaded
-        back.
+        A job updated under its id, with attempts and a next run time (it
+        failed and waits to be tried again), replaces the stored one, in
+        its place in id order, across a reopen; its attempts are loaded
+        back.  An update of a job that is not stored writes nothing.
         """
         assert isinstance(self, TestCase)
         store = self.make_store()
         await store.open()
         await store.add_many([job(1), job(2), job(3)])
-        await store.add_many([job(2, attempts=1, when=1234.5)])
-        await store.add_many([job(2, attempts=2, when=2345.5), job(4)])
+        await store.update_many([job(2, attempts=1, when=1234.5)])
+        await gatherResults(
+            [store.update_many([job(2, attempts=2, when=2345.5), job(5)]), store.add_many([job(4)])]
+        )
         self.assertEqual(
             await store.load(), [job(1), job(2, attempts=2, when=2345.5), job(3), job(4)]
         )
@@ -221,7 +223,7 @@ class _JobStoreContractMixin:
         store = await self.opened()
         await store.add_many([job(1), job(2)])
         await gatherResults(
-            [store.add_many([job(1, attempts=1, when=5.0)]), store.remove_many([1])]
+            [store.update_many([job(1, attempts=1, when=5.0)]), store.remove_many([1])]
         )
         self.assertEqual(await store.load(), [job(2)])
 
@@ -449,7 +451,7 @@ class BatchWriterTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(len(self.batches), 1)
         self.commits[0].callback(None)
-        self.assertEqual(self.batches[1], ([job(2), job(3)], [1]))
+        self.assertEqual(self.batches[1], ([job(2), job(3)], [], [1]))
         for w in [*second, third]:
             self.assertNoResult(w)
         self.commits[1].callback(None)
@@ -465,21 +467,32 @@ class BatchWriterTests(SynchronousTestCase):
         removed = self.writer.remove_many([1])
         self.writer.add_many([job(2)])
         self.commits[0].callback(None)
-        self.assertEqual(self.batches[1], ([job(2)], []))
+        self.assertEqual(self.batches[1], ([job(2)], [], []))
         self.commits[1].callback(None)
         self.successResultOf(added)
         self.successResultOf(removed)
 
     def test_stored_again_then_removed(self) -> None:
         """
-        A job stored again (with attempts: it was written before) and
-        removed in one batch is not written, and its row is deleted.
+        A job updated (it was written before) and removed in one batch is
+        not written again, and its row is deleted.
         """
         self.writer.add_many([job(9)])
-        self.writer.add_many([job(1, attempts=1, when=5.0)])
+        self.writer.update_many([job(1, attempts=1, when=5.0)])
         self.writer.remove_many([1])
         self.commits[0].callback(None)
-        self.assertEqual(self.batches[1], ([], [1]))
+        self.assertEqual(self.batches[1], ([], [], [1]))
+
+    def test_added_then_updated(self) -> None:
+        """
+        A job updated while its add still waits is added once, as updated;
+        an update alone is an update.
+        """
+        self.writer.add_many([job(9)])
+        self.writer.add_many([job(1)])
+        self.writer.update_many([job(1, attempts=1), job(2, attempts=1)])
+        self.commits[0].callback(None)
+        self.assertEqual(self.batches[1], ([job(1, attempts=1)], [job(2, attempts=1)], []))
 
     def test_nothing_left(self) -> None:
         """
@@ -500,7 +513,7 @@ class BatchWriterTests(SynchronousTestCase):
         later = self.writer.add_many([job(2)])
         self.commits[0].errback(RuntimeError("disk full"))
         self.failureResultOf(first, RuntimeError)
-        self.assertEqual(self.batches[1], ([job(2)], []))
+        self.assertEqual(self.batches[1], ([job(2)], [], []))
         self.commits[1].callback(None)
         self.successResultOf(later)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -313,6 +313,11 @@ class FlakyStore(MemoryStore):
             return fail(StoreUnavailable("down"))
         return super().add_many(jobs)
 
+    def update_many(self, jobs: Any) -> Deferred[None]:
+        if self.down:
+            return fail(StoreUnavailable("down"))
+        return super().update_many(jobs)
+
     def remove_many(self, job_ids: Any) -> Deferred[None]:
         if self.down:
             return fail(StoreUnavailable("down"))
@@ -388,6 +393,44 @@ class ServerSideTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.store.jobs, {})
         self.assertEqual(len(self.store.removed), 1)
+
+
+class RetriedWhileDownTests(SynchronousTestCase):
+    """
+    A stored job that fails while the store is down goes on: its change
+    (attempts, next run time) waits, and is written once the store is
+    back; it is not dropped.
+    """
+
+    def test_update_refused(self) -> None:
+        """
+        The update of a job that failed an attempt is refused: the job
+        still waits for its retry and runs; the store gets its attempts
+        once it answers again.
+        """
+        clock = Clock()
+        store = FlakyStore()
+        server = JobServer(clock, store=store, retry_failed=3, retry_backoff="1,1")
+        server.startService()
+        client = FakeConnection(server)
+        worker = FakeConnection(server).can_do(b"f")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"", b"x")
+        clock.advance(0)
+        (store_id,) = store.jobs
+        store.down = True
+        handle = worker.grab()[1][0]
+        worker.send(P.WORK_FAIL, handle)
+        clock.advance(0)
+        self.assertEqual([job.handle for job in server.jobs()], [handle])
+        self.assertEqual(store.jobs[store_id].attempts, 0)
+        store.down = False
+        clock.advance(1)
+        self.assertEqual(store.jobs[store_id].attempts, 1)
+        clock.advance(1)
+        self.assertEqual(worker.grab()[1][0], handle)
+        worker.send(P.WORK_COMPLETE, handle, b"")
+        clock.advance(0)
+        self.assertEqual(store.jobs, {})
 
 
 class StoppedUnderLoadTests(_postgres.DriverMixin, SynchronousTestCase):
