@@ -6,12 +6,13 @@ in-memory transports that speak raw packets.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand import wire
@@ -212,3 +213,14 @@ LOCAL = IPv4Address("TCP", "127.0.0.1", 5000)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 5000)
 LOCAL6 = IPv6Address("TCP", "::1", 5000)
 UNIX = UNIXAddress(None)
+
+
+def capture_logs(test: SynchronousTestCase) -> list[dict[str, Any]]:
+    """
+    Every log event from now to the end of C{test}.
+    """
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events

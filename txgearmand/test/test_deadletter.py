@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from txgearmand import metrics
@@ -25,23 +25,13 @@ from txgearmand.store import MemoryStore
 from txgearmand.store.sqlite import SQLiteStore
 from txgearmand.tap import Options
 from txgearmand.test.helpers import LOCAL, REMOTE, FakeConnection
+from txgearmand.test.helpers import capture_logs as _capture
 from txgearmand.test.test_metrics import _parse
 from txgearmand.test.test_retry import _RetryMixin
 from txgearmand.testing import RecordingPeer
 from txgearmand.wire import PacketType as P
 
 reactor: Any = _reactor
-
-
-def _capture(test: SynchronousTestCase) -> list[dict[str, Any]]:
-    """
-    Every log event from now to the end of C{test}.
-    """
-    events: list[dict[str, Any]] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    test.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 def _lines(events: list[dict[str, Any]]) -> list[str]:

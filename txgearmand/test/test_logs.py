@@ -15,19 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from txgearmand import _log
 from txgearmand.server import JobServer
 from txgearmand.test.helpers import FakeConnection, ServerTestMixin
+from txgearmand.test.helpers import capture_logs as _capture
 from txgearmand.test.test_durability import ManualStore
 from txgearmand.wire import PacketType as P
-
-
-def _capture(test: SynchronousTestCase) -> list[dict[str, Any]]:
-    """
-    Every log event from now to the end of C{test}.
-    """
-    events: list[dict[str, Any]] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    test.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 class JobLogTests(ServerTestMixin, SynchronousTestCase):

@@ -13,12 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -29,16 +28,9 @@ from txgearmand.store import MemoryStore, _pgdriver, postgresql
 from txgearmand.store.postgresql import PostgreSQLStore
 from txgearmand.test import _postgres, _process
 from txgearmand.test.helpers import FakeConnection
+from txgearmand.test.helpers import capture_logs as _capture
 from txgearmand.test.test_crash import RawWorker
 from txgearmand.wire import PacketType as P
-
-
-def _capture(test: SynchronousTestCase) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    test.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 def job(n: int) -> StoredJob:

@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, Optional, cast
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -35,6 +35,7 @@ from txgearmand import _log, tap
 from txgearmand.status import snapshot
 from txgearmand.test import _process
 from txgearmand.test.helpers import FakeConnection, ServerTestMixin
+from txgearmand.test.helpers import capture_logs as _capture
 from txgearmand.web import site as web
 from txgearmand.wire import PacketType as P
 
@@ -103,14 +104,6 @@ def http(
     elif "content-length" in parsed:
         content = content[: int(parsed["content-length"])]
     return Response(int(status.split()[1]), parsed, content)
-
-
-def _capture(test: SynchronousTestCase) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    test.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 class SiteTestMixin(ServerTestMixin):
