@@ -178,13 +178,18 @@ def _show(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     if not args:
         return _err_unknown(b"show")
     what = [a.lower() for a in args]
+    spilled = server.table.spilled.values()
     if what == [b"jobs"]:
         lines = [
             b"%s\t%d\t0\t%d\n" % (job.handle, job.retries, 1 if job.background else 0)
             for job in server.jobs()
         ]
+        # Spilled jobs (payload in the store only) are background jobs on
+        # their first attempt.
+        lines.extend(b"%s\t0\t0\t1\n" % (entry.handle,) for entry in spilled)
     elif what == [b"unique", b"jobs"]:
         lines = [job.unique + b"\n" for job in server.jobs()]
+        lines.extend(entry.unique + b"\n" for entry in spilled)
     elif what == [b"retries"]:
         lines = _show_retries(server)
     elif what[0] == b"failed" and len(args) <= 2:
@@ -286,6 +291,8 @@ def _jobs(server: JobServer, peer: IPeer, args: list[bytes]) -> bytes:
     for job in server.jobs():
         worker = job.worker.describe().encode("ascii") if job.worker is not None else b"-"
         lines.append(b"%s\t%s\t%s\t%d\n" % (job.queue.name, job.unique, worker, len(job.listeners)))
+    for entry in server.table.spilled.values():
+        lines.append(b"%s\t%s\t-\t0\n" % (entry.queue.name, entry.unique))
     lines.append(_END)
     return b"".join(lines)
 

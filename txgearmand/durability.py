@@ -36,13 +36,16 @@ from txgearmand.interfaces import (
     Adoption,
     IJobStore,
     ISharedJobStore,
+    ISpillStore,
+    SpilledRow,
     StoredJob,
     StoreUnavailable,
 )
 from txgearmand.job import JobTable
 from txgearmand.meters import REFUSED, Histogram
-from txgearmand.records import Job, JobState
+from txgearmand.records import FunctionQueue, Job, JobState
 from txgearmand.schedule import Schedule
+from txgearmand.spill import Spill
 from txgearmand.wire import PacketType
 
 __all__ = ["Durability"]
@@ -78,6 +81,8 @@ class Durability:
         latency: Histogram | None = None,
         enqueue: Callable[[Job], None] | None = None,
         may_adopt: Callable[[], bool] | None = None,
+        spill_after: int = 0,
+        wake: Callable[[FunctionQueue], None] | None = None,
     ) -> None:
         """
         @param batch: the server's output batch: writes go to the store
@@ -94,6 +99,12 @@ class Durability:
             its sleeping workers (without it, the job is only queued).
         @param may_adopt: whether the server may adopt dead servers' jobs
             now (not while it drains to stop); without it, always.
+        @param spill_after: with a store that can give payloads back
+            (L{ISpillStore}), queued jobs beyond this many per function and
+            priority keep only a record in memory (see L{txgearmand.spill});
+            0: never.
+        @param wake: wakes the sleeping workers of a function whose
+            spilled jobs came back.
         """
         self.store = store
         self.ready = store is None
@@ -139,6 +150,14 @@ class Durability:
         self._model: tuple[JobTable, FunctionRegistry, Schedule] | None = None
         self._enqueue = enqueue
         self._may_adopt = may_adopt
+        self._spill_after = (
+            spill_after if ISpillStore.providedBy(store) and clock is not None else 0
+        )
+        self._wake = wake
+        self._spilled_rows: list[SpilledRow] = []
+        #: The L{Spill} of long queues, once replayed (C{None}: jobs never
+        #: spill).
+        self.spill: Spill | None = None
 
     @property
     def down(self) -> bool:
@@ -160,6 +179,11 @@ class Durability:
         if store is None:
             return succeed([])
         d: Deferred[Any] = maybeDeferred(store.open)
+        if self._spill_after:
+            spilling: Any = store
+            keep = self._spill_after
+            d.addCallback(lambda _: spilling.load_index(keep))
+            return d.addCallback(self._loaded_index)
         d.addCallback(lambda _: store.load())
         return d.addCallback(self._loaded)
 
@@ -167,6 +191,12 @@ class Durability:
         for record in records:
             self._seq = max(self._seq, record.id)
         return records
+
+    def _loaded_index(self, loaded: tuple[list[StoredJob], list[SpilledRow]]) -> list[StoredJob]:
+        records, self._spilled_rows = loaded
+        if self._spilled_rows:
+            self._seq = self._spilled_rows[-1].id
+        return self._loaded(records)
 
     def replay(
         self,
@@ -180,8 +210,13 @@ class Durability:
         handles where a live job has theirs), then say the server is ready.
         """
         with self._batch:
+            if self._spill_after:
+                self._start_spill(table, registry)
             failed = self._queue(records, table, registry, schedule, None)
             self._keep_failed(failed, "stored")
+            spilled, self._spilled_rows = self._spilled_rows, []
+            if spilled:
+                self._queue_spilled(spilled, table, registry)
         for fq in registry.over_limit():
             self.log.warn(
                 "{function} has {n} stored jobs, over its max queue; all are kept",
@@ -190,7 +225,7 @@ class Durability:
             )
         self.log.info(
             "Replayed {n} stored jobs ({failed} of them in the failed list)",
-            n=len(records) - len(failed),
+            n=len(records) - len(failed) + len(spilled),
             failed=len(failed),
         )
         self._model = (table, registry, schedule)
@@ -250,6 +285,51 @@ class Durability:
             else:
                 job.queue.push(job)
         return failed
+
+    def _start_spill(self, table: JobTable, registry: FunctionRegistry) -> None:
+        assert self._clock is not None
+        spill = self.spill = Spill(
+            self.store,  # type: ignore[arg-type]
+            table,
+            self._spill_after,
+            self._batch,
+            self._clock,
+            self._wake or _no_wake,
+            self._lost,
+        )
+        registry.spill = spill
+        for fq in registry:
+            spill.attach(fq)
+
+    def _queue_spilled(
+        self, rows: list[SpilledRow], table: JobTable, registry: FunctionRegistry
+    ) -> None:
+        """
+        Queue the records of replayed jobs whose payloads stay in the store,
+        behind the whole ones (see L{txgearmand.spill}).
+        """
+        spill = self.spill
+        assert spill is not None
+        failed_list = self.failed
+        by_handle = table.by_handle
+        spilled = table.spilled
+        note_handle = table.note_handle
+        function = registry.function
+        add = spill.add_stored
+        fq: FunctionQueue | None = None
+        for row in rows:
+            handle = row.handle
+            note_handle(handle)
+            if (
+                handle in by_handle
+                or handle in spilled
+                or (failed_list is not None and handle in failed_list)
+            ):
+                handle = table.new_handle()
+            # Fast path: rows of one function come in runs; one lookup per run.
+            if fq is None or fq.name != row.function:
+                fq = function(row.function)
+            add(fq, row, handle)
 
     def _keep_failed(self, jobs: list[FailedJob], how: str) -> None:
         """
@@ -409,6 +489,8 @@ class Durability:
         self.adopt_timer = None
         if store is None or not self.ready:
             return succeed(None)
+        if self.spill is not None:
+            self.spill.stop()
         self.flush()
         if self.watch_timer is not None and self.watch_timer.active():
             self.watch_timer.cancel()
@@ -675,7 +757,14 @@ class Durability:
                         self._lost(job)
             for waiter in waiters:
                 waiter(failure)
+            if job.spill is not None and failure is None:
+                # Queued behind spilled jobs: now it may spill too.
+                self.spill.committed(job)  # type: ignore[union-attr]
 
 
 def _push(job: Job) -> None:
     job.queue.push(job)
+
+
+def _no_wake(fq: FunctionQueue) -> None:
+    pass

@@ -39,7 +39,7 @@ from txgearmand.meters import (
     TIMED_OUT,
     Meters,
 )
-from txgearmand.records import CLIENT, WORKER, Participant
+from txgearmand.records import CLIENT, WORKER, FunctionQueue, Participant
 from txgearmand.schedule import Schedule
 from txgearmand.settings import Settings
 from txgearmand.wire import MAX_UNIQUE_SIZE, GearmanError, PacketType
@@ -110,6 +110,8 @@ class JobFlow(FailurePolicy):
             meters.store_latency,
             self.enqueue,
             self._may_adopt,
+            settings.spill_after,
+            self._refilled,
         )
         self.schedule = Schedule(reactor, self.release_due)
         self.workers = Workers(reactor, settings, registry, output, self.take_back)
@@ -126,6 +128,11 @@ class JobFlow(FailurePolicy):
             self.table,
         )
         self.durability.failed = self.failed
+
+    def _refilled(self, fq: FunctionQueue) -> None:
+        # Spilled jobs came back from the store: wake who sleeps on them.
+        if fq.sleepers:
+            self.workers.wake_up(fq)
 
     def _may_adopt(self) -> bool:
         # A server draining to stop takes no more jobs from dead servers.
@@ -231,7 +238,9 @@ class JobFlow(FailurePolicy):
         """
         fq = job.queue
         fq.push(job)
-        if fq.sleepers:
+        # A job that went to the spilled tail wakes nobody: a grab would
+        # not find it before its payload is back (and that wakes them).
+        if fq.sleepers and fq.ready[job.priority]:
             self.workers.wake_up(fq)
 
     def release_due(self, jobs: list[Job]) -> None:
@@ -262,7 +271,7 @@ class JobFlow(FailurePolicy):
             for i in range(n):
                 index = (start + i) % n
                 fq = funcs[index]
-                if fq.queued[priority]:
+                if fq.ready[priority]:
                     job = fq.pop(priority)
                     worker.next_function = (index + 1) % n
                     job.state = _RUNNING
@@ -463,7 +472,7 @@ class JobFlow(FailurePolicy):
 
         @return: whether there was such a job.
         """
-        job = self.table.by_handle.get(handle)
+        job = self.table.get(handle)
         if job is None:
             return False
         self.log.info(

@@ -19,6 +19,8 @@ __all__ = [
     "IJobStore",
     "IPeer",
     "ISharedJobStore",
+    "ISpillStore",
+    "SpilledRow",
     "StoreUnavailable",
     "StoredJob",
 ]
@@ -176,6 +178,52 @@ class IJobStore(Interface):
         Commit what is pending and close the storage.
 
         @return: a Deferred that fires when it is closed.
+        """
+
+
+class SpilledRow(NamedTuple):
+    """
+    What L{ISpillStore.load_index} gives for a queued job whose payload
+    stays in the store: enough to queue its place.
+
+    @ivar id: its L{StoredJob.id}.
+    @ivar handle: its job handle.
+    @ivar function: its function name.
+    @ivar unique: its unique id (C{b""} for none).
+    @ivar priority: 0 high, 1 normal, 2 low.
+    """
+
+    id: int
+    handle: bytes
+    function: bytes
+    unique: bytes
+    priority: int
+
+
+class ISpillStore(IJobStore):
+    """
+    An L{IJobStore} that can give back stored jobs' payloads on demand, so
+    that a long queue need not hold them in memory: the server keeps only
+    a small record of each queued background job beyond the first few of
+    its function and priority (see L{txgearmand.spill}), and fetches the
+    payloads a few thousand at a time, ahead of the workers.
+    """
+
+    def load_index(keep: int) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+        """
+        Every stored job, as L{IJobStore.load}, except that the queued ones
+        beyond the first C{keep} of their function and priority (by id) come
+        without their payload.
+
+        @return: a Deferred firing with the whole jobs (in id order) and the
+            others (in id order): jobs to run at a later time, and jobs of
+            the failed list, are always whole.
+        """
+
+    def fetch(job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:
+        """
+        The stored jobs with these ids (those that are gone are left out),
+        in any order.
         """
 
 

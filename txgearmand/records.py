@@ -36,6 +36,7 @@ __all__ = [
     "JobState",
     "Participant",
     "Priority",
+    "Spilled",
 ]
 
 #: Priorities, as indexes into a function's queues.
@@ -109,6 +110,9 @@ class Job:
         (else C{None}).
     @ivar started: when a worker last took it, while the server times jobs
         (else C{None}).
+    @ivar spill: its place in its queue's spilled tail (see L{Spilled}),
+        while it waits there; else C{None} (it is in the ready deque, or
+        not queued).
     @ivar first_failed: when its first attempt failed (WORK_FAIL,
         WORK_EXCEPTION, a lost worker or a timeout), epoch seconds, kept in
         the store; C{None} while none has.  A job run again from the failed
@@ -139,6 +143,7 @@ class Job:
     created: Optional[float] = None
     started: Optional[float] = None
     first_failed: Optional[float] = None
+    spill: Optional[Spilled] = None
 
     def relay(self, ptype: int, *args: bytes) -> None:
         """
@@ -192,19 +197,84 @@ _QUEUED = JobState.QUEUED
 _COMPACT_THRESHOLD = 256
 
 
+class Spilled:
+    """
+    A queued job's place in its queue's spilled tail: what the server keeps
+    of a queued background job whose payload waits in the store only (see
+    L{txgearmand.spill}), or the wrapper of a whole job queued behind such
+    ones.
+
+    @ivar handle: its handle.
+    @ivar unique: its unique id.
+    @ivar store_id: its row in the store.
+    @ivar queue: its function's L{FunctionQueue}.
+    @ivar priority: its priority.
+    @ivar job: the whole L{Job}, while it has one: a job queued behind
+        spilled ones (state L{WHOLE}), or one a lookup made of it before its
+        payload came back (state L{PROMOTED}); C{None} for one in the
+        store only (L{STORED}).
+    @ivar state: L{WHOLE}, L{STORED}, L{PROMOTED} or L{GONE} (it ended;
+        skipped when its turn comes).
+    """
+
+    __slots__ = ("handle", "job", "priority", "queue", "state", "store_id", "unique")
+
+    #: A whole job (with its payload) in the tail.
+    WHOLE = 0
+    #: Only this record is in memory; the payload is in the store.
+    STORED = 1
+    #: A job made of a stored record before its turn (a lookup by handle
+    #: or unique id needed one); its payload is still in the store.
+    PROMOTED = 2
+    #: Ended (cancelled, or the store lost it): skipped.
+    GONE = 3
+
+    def __init__(
+        self,
+        handle: bytes,
+        unique: bytes,
+        store_id: Optional[int],
+        queue: FunctionQueue,
+        priority: int,
+        job: Optional[Job],
+        state: int,
+    ) -> None:
+        self.handle = handle
+        self.unique = unique
+        self.store_id = store_id
+        self.queue = queue
+        self.priority = priority
+        self.job = job
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<Spilled {self.handle!r} state={self.state}>"
+
+
 class FunctionQueue:
     """
     Everything the server keeps for one function name: its queues (one per
     priority), how many of its jobs run or wait for their time, the
     participants registered for it and those of them that sleep.
 
-    Removed jobs stay in their queue until they reach its head (or the queue
-    is compacted), so removing a job from the middle is O(1); L{queued}
-    counts only live jobs.
+    Each priority's queue is a deque of whole jobs ready to hand out,
+    followed, once the queue is long and the store can hold payloads
+    alone, by a tail of L{Spilled} records (see L{txgearmand.spill}).
+    Removed jobs stay in their deque until they reach its head (or the
+    queue is compacted), so removing a job from the middle is O(1);
+    L{queued} counts only live jobs.
 
     @ivar name: the function name.
-    @ivar queues: the FIFO queues, indexed by priority.
-    @ivar queued: live queued jobs per priority.
+    @ivar queues: the FIFO queues of ready jobs, indexed by priority.
+    @ivar queued: live queued jobs per priority, ready or spilled.
+    @ivar ready: live jobs in L{queues} per priority (what a grab can take
+        now).
+    @ivar tails: the spilled tail of each priority (L{Spilled} records,
+        oldest first), or C{None} while nothing was spilled.
+    @ivar spill: what takes jobs to the tail and brings them back (a
+        L{txgearmand.spill.Spill}), or C{None} when jobs never spill.
+    @ivar spill_at: ready jobs a priority holds before new ones go to its
+        tail (0: never).
     @ivar running: jobs of this function held by workers.
     @ivar scheduled: jobs waiting for their epoch time.
     @ivar workers: participants that registered the function, in order.
@@ -224,9 +294,13 @@ class FunctionQueue:
         "name",
         "queued",
         "queues",
+        "ready",
         "running",
         "scheduled",
         "sleepers",
+        "spill",
+        "spill_at",
+        "tails",
         "wake_timer",
         "workers",
     )
@@ -235,7 +309,11 @@ class FunctionQueue:
         self.name = name
         self.queues: list[deque[Job]] = [deque(), deque(), deque()]
         self.queued = [0, 0, 0]
+        self.ready = [0, 0, 0]
         self._dead = [0, 0, 0]
+        self.tails: Optional[list[deque[Spilled]]] = None
+        self.spill: Any = None
+        self.spill_at = 0
         self.running = 0
         self.scheduled = 0
         self.workers: dict[Participant, None] = {}
@@ -249,10 +327,18 @@ class FunctionQueue:
 
     def waiting(self) -> int:
         """
-        How many jobs wait in the queues for a worker.
+        How many jobs wait in the queues for a worker (ready or spilled).
         """
         q = self.queued
         return q[0] + q[1] + q[2]
+
+    def has_ready(self) -> bool:
+        """
+        Whether a grab would find a job now (a spilled job is not ready
+        until its payload is back from the store).
+        """
+        r = self.ready
+        return bool(r[0] or r[1] or r[2])
 
     def total(self) -> int:
         """
@@ -271,36 +357,57 @@ class FunctionQueue:
 
     def push(self, job: Job) -> None:
         """
-        Queue a job at the back of its priority's queue.
+        Queue a job at the back of its priority's queue: the ready deque,
+        or the spilled tail once that has begun or the deque is full.
         """
         p = job.priority
         job.state = _QUEUED
-        self.queues[p].append(job)
         self.queued[p] += 1
+        # Fast path: while the queue is short, one int test more than a
+        # plain append.
+        at = self.spill_at
+        if at and (self.queued[p] > self.ready[p] + 1 or self.ready[p] >= at):
+            self.spill.park(self, job)
+            return
+        self.queues[p].append(job)
+        self.ready[p] += 1
 
     def pop(self, priority: int) -> Job:
         """
-        Take the job at the head of a priority's queue; the caller checked
-        L{queued} for that priority.
+        Take the ready job at the head of a priority's queue; the caller
+        checked L{ready} for that priority.
         """
         q = self.queues[priority]
         while True:
             job = q.popleft()
             if job.state is _QUEUED:
                 self.queued[priority] -= 1
+                ready = self.ready[priority] - 1
+                self.ready[priority] = ready
+                # Fast path: with nothing spilled, one comparison.
+                if self.queued[priority] > ready and ready < self.spill_at:
+                    self.spill.refill(self, priority)
                 return job
             self._dead[priority] -= 1
 
     def discard(self, job: Job) -> None:
         """
-        Forget a queued job that is now done; it stays in its deque, dead,
-        until popped or compacted.
+        Forget a queued job that is now done; in the ready deque it stays,
+        dead, until popped or compacted; in the tail its record is marked
+        gone.
         """
         p = job.priority
         self.queued[p] -= 1
+        entry = job.spill
+        if entry is not None:
+            job.spill = None
+            entry.job = None
+            entry.state = Spilled.GONE
+            return
+        self.ready[p] -= 1
         self._dead[p] += 1
         dead = self._dead[p]
-        if dead > _COMPACT_THRESHOLD and dead > self.queued[p]:
+        if dead > _COMPACT_THRESHOLD and dead > self.ready[p]:
             self.queues[p] = deque(j for j in self.queues[p] if j.state is _QUEUED)
             self._dead[p] = 0
 

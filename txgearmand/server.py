@@ -370,7 +370,7 @@ class JobServer(Service):
         """
         The live job with this handle, if any.
         """
-        return self.table.by_handle.get(handle)
+        return self.table.get(handle)
 
     jobs_by_handle = job_by_handle
 

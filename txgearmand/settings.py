@@ -153,6 +153,11 @@ class Settings:
         as without it.
     @ivar failed_max_age: seconds a job stays in the failed list at most
         (C{0}: no age limit).
+    @ivar spill_after: with a store that can give payloads back (SQLite),
+        queued background jobs beyond this many per function and priority
+        keep only a small record in memory, their payload in the store
+        (see L{txgearmand.spill}); C{0}: every queued job is whole in
+        memory.
     @ivar job_handle_prefix: job handles are C{<prefix>:<n>} (default
         C{H:<hostname>}).
     @ivar max_packet_size: the largest packet body a connection accepts.
@@ -203,6 +208,7 @@ class Settings:
     retry_failed: int = 0
     retry_backoff: tuple[float, float] = attrs.field(default=(1.0, 300.0), converter=_backoff)
     failed_keep: int = 1000
+    spill_after: int = 1000
     failed_max_age: float = 7 * 86400.0
     job_handle_prefix: bytes = attrs.field(default=None, converter=_prefix)
     max_packet_size: int = wire.DEFAULT_MAX_PACKET_SIZE
@@ -240,6 +246,7 @@ class Settings:
         )
         _check("failed_keep", self.failed_keep >= 0, "must be 0 (no failed list) or a count")
         _check("failed_max_age", self.failed_max_age >= 0, "must be 0 (no age limit) or seconds")
+        _check("spill_after", self.spill_after >= 0, "must be 0 (never) or a count of jobs")
         prefix = self.job_handle_prefix
         _check(
             "job_handle_prefix",

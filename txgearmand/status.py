@@ -95,6 +95,7 @@ def snapshot(server: JobServer, limit: int = 1000) -> dict[str, Any]:
         accepted=server.jobs_accepted,
         ended=server.jobs_ended,
         failed_kept=sum(kept.values()),
+        spilled=len(server.table.spilled),
     )
     names = sorted({fq.name for fq in functions} | kept.keys())
     listed = [_function(server, name, kept.get(name, 0)) for name in names[:limit]]
@@ -134,7 +135,7 @@ def snapshot(server: JobServer, limit: int = 1000) -> dict[str, Any]:
         "workers": [_worker(p) for p in workers[:limit]],
         "clients": [_client(p) for p in clients[:limit]],
         "jobs": {
-            "total": len(jobs),
+            "total": len(server.table),
             "shown": min(len(jobs), limit),
             "list": [_job(job, now) for job, _ in zip(jobs.values(), range(limit))],
         },

@@ -296,6 +296,16 @@ class GearmandOptions(usage.Options):
             _number(float, "failed-max-age"),
         ],
         [
+            "spill-after",
+            None,
+            1000,
+            "With a store that can give payloads back (SQLite), queued background "
+            "jobs beyond this many per function and priority keep only a record of "
+            "about 300 bytes in memory, their payload in the store, fetched back "
+            "ahead of the workers: queues bigger than memory. 0: never.",
+            _number(int, "spill-after"),
+        ],
+        [
             "job-handle-prefix",
             None,
             None,
@@ -563,6 +573,7 @@ class GearmandOptions(usage.Options):
                 retry_backoff=str(self["retry-backoff"]),
                 failed_keep=self["failed-keep"],
                 failed_max_age=self["failed-max-age"],
+                spill_after=self["spill-after"],
                 job_handle_prefix=None if prefix is None else prefix.encode("utf-8"),
                 max_packet_size=size,
                 max_queue=self["max-queue"],

@@ -68,7 +68,7 @@ class Workers:
             worker.timeouts.pop(function, None)
         if worker.sleeping:
             fq.sleepers[worker] = None
-            if fq.waiting():
+            if fq.has_ready():
                 self.wake(worker)
 
     def can_do_timeout(self, worker: Participant, function: bytes, value: float) -> None:
@@ -109,7 +109,7 @@ class Workers:
         """
         functions = worker.ability_list
         for fq in functions:
-            if fq.waiting():
+            if fq.has_ready():
                 if worker.sleeping:
                     # A second PRE_SLEEP: it sleeps on its functions still.
                     self.unsleep(worker)
@@ -158,6 +158,6 @@ class Workers:
 
     def _wake_more(self, fq: FunctionQueue) -> None:
         fq.wake_timer = None
-        if fq.waiting() and fq.sleepers:
+        if fq.has_ready() and fq.sleepers:
             with self._batch:
                 self.wake_up(fq)

@@ -14,13 +14,14 @@ import contextlib
 import functools
 import os
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txgearmand import _log
-from txgearmand.interfaces import IJobStore, StoredJob
+from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
 from txgearmand.store import _cqueue
 from txgearmand.store._batch import Batch, ThreadedStore
 
@@ -82,6 +83,18 @@ def _delete_ids(n: int) -> str:
 
 
 _SELECT = "SELECT " + _COLUMNS + " FROM txgearmand_jobs ORDER BY id"
+# The index of every row, in id order: what replay needs to queue a job
+# whose payload stays in the store; the last column says it must be whole
+# (it runs later, or is in the failed list).
+_SELECT_INDEX = (
+    "SELECT id, handle, function, uniq, priority,"
+    " when_to_run IS NOT NULL OR failed_at IS NOT NULL FROM txgearmand_jobs ORDER BY id"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _select_ids(n: int) -> str:
+    return "SELECT " + _COLUMNS + " FROM txgearmand_jobs WHERE id IN (" + ",".join("?" * n) + ")"
 
 
 #: C gearmand's libsqlite3 queue: its default table (C{--libsqlite3-table});
@@ -255,7 +268,7 @@ def _check_writable(db: sqlite3.Connection) -> None:
     db.execute("ROLLBACK").fetchall()
 
 
-@implementer(IJobStore)
+@implementer(ISpillStore)
 class SQLiteStore(ThreadedStore):
     """
     An L{IJobStore} in an SQLite database file.
@@ -287,6 +300,47 @@ class SQLiteStore(ThreadedStore):
             return [StoredJob(*row) for row in self._db.execute(_SELECT)]
 
         return self._run(select)
+
+    def load_index(self, keep: int) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+        def select() -> tuple[list[StoredJob], list[SpilledRow]]:
+            db = self._db
+            assert db is not None
+            whole: list[int] = []
+            spilled: list[SpilledRow] = []
+            seen: dict[tuple[bytes, int], int] = {}
+            for row in db.execute(_SELECT_INDEX).fetchall():
+                if row[5]:
+                    whole.append(row[0])
+                    continue
+                group = (row[2], row[4])
+                n = seen.get(group, 0)
+                if n < keep:
+                    seen[group] = n + 1
+                    whole.append(row[0])
+                else:
+                    spilled.append(SpilledRow(row[0], row[1], row[2], row[3], row[4]))
+            jobs = self._select(db, whole)
+            jobs.sort()
+            return jobs, spilled
+
+        return self._run(select)
+
+    def fetch(self, job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:
+        ids = list(job_ids)
+
+        def select() -> list[StoredJob]:
+            assert self._db is not None
+            return self._select(self._db, ids)
+
+        return self._run(select)
+
+    @staticmethod
+    def _select(db: sqlite3.Connection, ids: list[int]) -> list[StoredJob]:
+        out: list[StoredJob] = []
+        for start in range(0, len(ids), _IDS):
+            chunk = ids[start : start + _IDS]
+            out.extend(StoredJob(*row) for row in db.execute(_select_ids(len(chunk)), chunk))
+        return out
 
     def _write(self, batch: Batch) -> None:
         db = self._db

@@ -78,6 +78,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.flow": MODEL,
     "txgearmand.deadletter": MODEL,
     "txgearmand.failures": MODEL,
+    "txgearmand.spill": MODEL,
     "txgearmand.meters": MODEL,
     "txgearmand.access": MODEL,
     # 2: the job server.

@@ -1,0 +1,359 @@
+# -*- test-case-name: txgearmand.test.test_spill -*-
+"""
+Queues bigger than memory: a queued background job whose payload is in
+the store need not be held whole in memory.
+
+Each priority of a function's queue (L{FunctionQueue}) keeps up to
+C{keep} whole jobs ready for its workers (C{--spill-after}).  Jobs queued
+behind those go to the priority's I{tail}, as L{Spilled} records: once a
+background job nobody waits on is committed to the store, its record is
+all that stays in memory (its handle, unique id, row id, about 300 bytes
+instead of its payload and a whole L{Job}).  Other jobs queued behind
+(foreground, still being written, tried before) wait in the tail whole,
+so the order of the queue is kept.
+
+When a priority's ready jobs fall under half of C{keep}, the next records
+of its tail are fetched from the store (L{ISpillStore.fetch}, in the
+store's thread) and queued whole, ahead of the workers: one fetch at a
+time per queue, and the workers that slept meanwhile are woken.  A lookup
+by handle or unique id (a status query, a coalescing submission) makes a
+whole job of a record at once (L{JobTable.promote}); its payload comes
+with its turn.
+
+Replay at start loads only the records of the jobs beyond the first
+C{keep} of their function and priority (L{ISpillStore.load_index}).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from txgearmand import _log
+from txgearmand.batching import OutputBatch
+from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
+from txgearmand.job import JobTable
+from txgearmand.records import FunctionQueue, Job, JobState, Spilled
+
+__all__ = ["Spill", "spillable"]
+
+_QUEUED = JobState.QUEUED
+_DONE = JobState.DONE
+_WHOLE = Spilled.WHOLE
+_STORED = Spilled.STORED
+_PROMOTED = Spilled.PROMOTED
+_GONE = Spilled.GONE
+#: A whole job taken from its tail with a fetch, on its way to the ready
+#: deque: it no longer spills when committed.
+_TAKEN = 4
+
+#: Seconds before a failed fetch is tried again.
+RETRY_SECONDS = 1.0
+
+
+def spillable(job: Job) -> bool:
+    """
+    Whether a queued job may leave memory for a record: a background job
+    nobody waits on, committed to the store, on its first attempt (its
+    retry counts live in memory only), due now, and not coalesced on its
+    payload (the unique C{-}).
+    """
+    return (
+        job.state is _QUEUED
+        and job.store_id is not None
+        and job.commit_waiters is None
+        and not job.listeners
+        and not job.require_listener
+        and not job.retries
+        and not job.attempts
+        and job.first_failed is None
+        and job.when is None
+        and job.unique != b"-"
+    )
+
+
+class Spill:
+    """
+    Takes queued jobs to their queues' tails and brings them back, for a
+    store that can give payloads back (L{ISpillStore}).
+
+    @ivar keep: ready jobs each priority of a function holds before new
+        jobs go to its tail (C{--spill-after}).
+    @ivar fetches: fetches made since the start.
+    @ivar fetched: jobs fetched back since the start.
+    """
+
+    log = _log.logger("txgearmand.spill")
+
+    def __init__(
+        self,
+        store: ISpillStore,
+        table: JobTable,
+        keep: int,
+        batch: OutputBatch,
+        clock: IReactorTime,
+        wake: Callable[[FunctionQueue], None],
+        lost: Callable[[Job], None],
+    ) -> None:
+        """
+        @param wake: called with a function whose jobs came back from the
+            store, to wake its sleeping workers.
+        @param lost: called with a job made whole before its turn whose
+            row the store no longer has, to end it.
+        """
+        self.store = store
+        self.table = table
+        self.keep = keep
+        # Fetch again once at most half of keep is ready.
+        self._low = keep // 2 + 1
+        self._batch = batch
+        self._clock = clock
+        self._wake = wake
+        self._lost = lost
+        self._fetching: set[tuple[FunctionQueue, int]] = set()
+        self._retry: dict[tuple[FunctionQueue, int], IDelayedCall] = {}
+        self._failing = False
+        self._stopped = False
+        self.fetches = 0
+        self.fetched = 0
+
+    def attach(self, fq: FunctionQueue) -> None:
+        """
+        Let a function's queues spill.
+        """
+        fq.spill = self
+        fq.spill_at = self.keep
+
+    def stop(self) -> None:
+        """
+        Fetch nothing more (the server stops).
+        """
+        self._stopped = True
+        for call in self._retry.values():
+            if call.active():
+                call.cancel()
+        self._retry.clear()
+
+    # -- to the tail ------------------------------------------------------
+
+    def park(self, fq: FunctionQueue, job: Job) -> None:
+        """
+        Queue a job in its priority's tail (L{FunctionQueue.push} calls
+        this once the ready deque is full or the tail has begun; the job
+        is counted in L{FunctionQueue.queued} already).
+        """
+        p = job.priority
+        tails = fq.tails
+        if tails is None:
+            tails = fq.tails = [deque(), deque(), deque()]
+        if spillable(job):
+            entry = self._record(job)
+        else:
+            entry = Spilled(job.handle, job.unique, job.store_id, fq, p, job, _WHOLE)
+            job.spill = entry
+        tails[p].append(entry)
+        if fq.ready[p] < self._low:
+            self.refill(fq, p)
+
+    def committed(self, job: Job) -> None:
+        """
+        A job waiting whole in a tail was committed: keep only its record
+        if it may spill now.
+        """
+        entry = job.spill
+        if entry is not None and entry.state == _WHOLE and spillable(job):
+            job.spill = None
+            entry.job = None
+            entry.state = _STORED
+            entry.store_id = job.store_id
+            self._drop_whole(job, entry)
+
+    def _record(self, job: Job) -> Spilled:
+        entry = Spilled(
+            job.handle, job.unique, job.store_id, job.queue, job.priority, None, _STORED
+        )
+        self._drop_whole(job, entry)
+        return entry
+
+    def _drop_whole(self, job: Job, entry: Spilled) -> None:
+        self.table.spill(job, entry)
+        # The job object is dropped; one still referenced somewhere must
+        # not end the record's job (or remove its row) if ended itself.
+        job.state = _DONE
+        job.store_id = None
+
+    def add_stored(self, fq: FunctionQueue, row: SpilledRow, handle: bytes) -> None:
+        """
+        Queue a replayed job's record at the back of its tail.
+        """
+        p = row.priority
+        tails = fq.tails
+        if tails is None:
+            tails = fq.tails = [deque(), deque(), deque()]
+        entry = Spilled(handle, row.unique, row.id, fq, p, None, _STORED)
+        tails[p].append(entry)
+        fq.queued[p] += 1
+        self.table.add_spilled(entry)
+
+    # -- back from the store ------------------------------------------------
+
+    def refill(self, fq: FunctionQueue, p: int) -> None:
+        """
+        If a priority's ready jobs are few and its tail is not empty, bring
+        the next of the tail back (one fetch at a time per queue).
+        """
+        key = (fq, p)
+        if self._stopped or fq.ready[p] >= self._low or key in self._fetching:
+            return
+        tails = fq.tails
+        if not tails:
+            return
+        tail = tails[p]
+        want = self.keep - fq.ready[p]
+        entries: list[Spilled] = []
+        ids: list[int] = []
+        while tail and len(entries) < want:
+            entry = tail.popleft()
+            state = entry.state
+            if state == _GONE:
+                continue
+            entries.append(entry)
+            if state == _WHOLE:
+                entry.state = _TAKEN
+            else:
+                ids.append(entry.store_id)  # type: ignore[arg-type]
+        if not entries:
+            return
+        if not ids:
+            self._place(fq, p, entries, {})
+            return
+        self._fetching.add(key)
+        self.fetches += 1
+        d = self.store.fetch(ids)
+        d.addCallbacks(
+            self._fetched,
+            self._fetch_failed,
+            callbackArgs=(fq, p, entries),
+            errbackArgs=(fq, p, entries),
+        )
+        d.addErrback(lambda f: self.log.failure("Queueing jobs fetched from the store failed", f))
+
+    def _fetched(
+        self, records: list[StoredJob], fq: FunctionQueue, p: int, entries: list[Spilled]
+    ) -> None:
+        self._fetching.discard((fq, p))
+        if self._failing:
+            self._failing = False
+            self.log.info("Fetching spilled jobs from the store works again")
+        with self._batch:
+            self._place(fq, p, entries, {r.id: r for r in records})
+
+    def _place(
+        self, fq: FunctionQueue, p: int, entries: list[Spilled], records: dict[int, StoredJob]
+    ) -> None:
+        """
+        Queue whole, in order, the jobs of entries taken from a tail.
+        """
+        table = self.table
+        ready = fq.queues[p]
+        placed = 0
+        for entry in entries:
+            state = entry.state
+            if state == _GONE:
+                # Ended while it was fetched: counted out then.
+                continue
+            if state == _TAKEN:
+                job = entry.job
+                assert job is not None
+            else:
+                record = records.get(entry.store_id)  # type: ignore[arg-type]
+                if record is None:
+                    self._row_gone(fq, p, entry)
+                    continue
+                if state == _STORED:
+                    job = Job(
+                        entry.handle,
+                        fq,
+                        entry.unique,
+                        record.payload,
+                        p,
+                        True,
+                        record.reducer,
+                        record.when,
+                    )
+                    job.require_listener = False
+                    job.store_id = entry.store_id
+                    job.attempts = record.attempts
+                    job.first_failed = record.first_failed
+                    table.unspill(entry, job)
+                else:
+                    job = entry.job  # type: ignore[assignment]
+                    assert job is not None
+                    job.data = record.payload
+                    job.reducer = record.reducer
+                    job.attempts = record.attempts
+                    job.first_failed = record.first_failed
+                    grown = len(record.payload)
+                    job.cost += grown
+                    table.held_bytes += grown
+            entry.state = _GONE
+            entry.job = None
+            job.spill = None
+            ready.append(job)
+            placed += 1
+        fq.ready[p] += placed
+        self.fetched += placed
+        if placed:
+            self._wake(fq)
+        self.refill(fq, p)
+
+    def _row_gone(self, fq: FunctionQueue, p: int, entry: Spilled) -> None:
+        self.log.warn(
+            "Job {handle} is no longer in the store; dropped",
+            handle=_log.text(entry.handle),
+        )
+        if entry.state == _PROMOTED and entry.job is not None:
+            job = entry.job
+            job.store_id = None
+            self._lost(job)
+            return
+        entry.state = _GONE
+        fq.queued[p] -= 1
+        self.table.remove_spilled(entry)
+
+    def _fetch_failed(
+        self, failure: Failure, fq: FunctionQueue, p: int, entries: list[Spilled]
+    ) -> None:
+        key = (fq, p)
+        self._fetching.discard(key)
+        tails = fq.tails
+        assert tails is not None
+        for entry in entries:
+            if entry.state == _TAKEN:
+                entry.state = _WHOLE
+        tails[p].extendleft(reversed(entries))
+        if not self._failing:
+            self._failing = True
+            self.log.failure(
+                "Fetching spilled jobs from the store failed; trying again every {seconds} s",
+                failure,
+                seconds=RETRY_SECONDS,
+            )
+        if not self._stopped and key not in self._retry:
+            self._retry[key] = self._clock.callLater(RETRY_SECONDS, self._again, fq, p)
+
+    def _again(self, fq: FunctionQueue, p: int) -> None:
+        del self._retry[(fq, p)]
+        with self._batch:
+            self.refill(fq, p)
+
+
+def counts(fq: FunctionQueue) -> list[int]:
+    """
+    How many jobs of each priority wait in a function's tails (spilled,
+    or being fetched back).
+    """
+    return [fq.queued[p] - fq.ready[p] for p in range(3)]

@@ -1,0 +1,481 @@
+"""
+Queues bigger than memory (L{txgearmand.spill}): queued background jobs
+beyond the first few of their function and priority keep only a record in
+memory, and come back from the store ahead of the workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
+from txgearmand.job import JOB_OVERHEAD, SPILLED_COST
+from txgearmand.records import Spilled
+from txgearmand.spill import spillable
+from txgearmand.store import MemoryStore
+from txgearmand.test.helpers import capture_logs
+from txgearmand.test.test_durability import DurabilityTestMixin
+from txgearmand.wire import PacketType as P
+
+
+@implementer(ISpillStore)
+class SpillStore(MemoryStore):
+    """
+    A memory store that gives payloads back; its fetches answer at once,
+    or (C{manual}) when the test says so.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.manual = False
+        self.fetches: list[tuple[list[int], Deferred[list[StoredJob]]]] = []
+        self.fail_fetch = False
+        self.indexed: list[int] = []
+
+    def load_index(self, keep: int) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+        self.indexed.append(keep)
+        whole: list[StoredJob] = []
+        rows: list[SpilledRow] = []
+        seen: dict[tuple[bytes, int], int] = {}
+        for job in (self.jobs[k] for k in sorted(self.jobs)):
+            group = (job.function, job.priority)
+            if job.when is not None or job.failed_at is not None or seen.get(group, 0) < keep:
+                if job.when is None and job.failed_at is None:
+                    seen[group] = seen.get(group, 0) + 1
+                whole.append(job)
+            else:
+                rows.append(SpilledRow(job.id, job.handle, job.function, job.unique, job.priority))
+        return succeed((whole, rows))
+
+    def fetch(self, job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:
+        if self.fail_fetch:
+            return fail(OSError("disk on fire"))
+        found = [self.jobs[i] for i in job_ids if i in self.jobs]
+        if not self.manual:
+            return succeed(found)
+        d: Deferred[list[StoredJob]] = Deferred()
+        self.fetches.append((list(job_ids), d))
+        return d
+
+    def answer(self) -> None:
+        """
+        Answer the fetches that wait, with what the store has now.
+        """
+        fetches, self.fetches = self.fetches, []
+        for ids, d in fetches:
+            d.callback([self.jobs[i] for i in ids if i in self.jobs])
+
+
+class SpillTestMixin(DurabilityTestMixin):
+    store: SpillStore
+
+    def setUp(self) -> None:
+        self.store = SpillStore()
+
+    def submit_many(
+        self, n: int, function: bytes = b"f", ptype: int = P.SUBMIT_JOB_BG, tag: bytes = b"u"
+    ) -> list[bytes]:
+        client = self.connect()
+        for i in range(n):
+            client.send(ptype, function, tag + b"%d" % i, b"payload %d" % i)
+        return [p[1][0] for p in client.packets()]
+
+    def drain(self, worker: object, n: int) -> list[tuple[bytes, ...]]:
+        out = []
+        for _ in range(n):
+            packet = worker.grab()  # type: ignore[attr-defined]
+            self.assertEqual(packet[0], P.JOB_ASSIGN_UNIQ)  # type: ignore[attr-defined]
+            out.append(packet[1])
+            worker.send(P.WORK_COMPLETE, packet[1][0], b"")  # type: ignore[attr-defined]
+        return out
+
+
+class SpillTests(SpillTestMixin, SynchronousTestCase):
+    """
+    Jobs spill once their queue is long, and come back in order.
+    """
+
+    def test_spilled_beyond_keep(self) -> None:
+        """
+        Once committed, the jobs beyond the first C{spill_after} of a queue
+        keep only a record in memory; the counts still count them all.
+        """
+        self.start(spill_after=3)
+        handles = self.submit_many(10)
+        self.assertEqual(len(handles), 10)
+        table = self.server.table
+        self.assertEqual(sorted(table.spilled), sorted(handles[3:]))
+        self.assertEqual(sorted(table.by_handle), sorted(handles[:3]))
+        self.assertEqual(len(table), 10)
+        fq = self.server.registry.get(b"f")
+        assert fq is not None
+        self.assertEqual(fq.queued, [0, 10, 0])
+        self.assertEqual(fq.ready, [0, 3, 0])
+        admin = self.connect()
+        self.assertEqual(admin.admin(b"status"), b"f\t10\t0\t0\n.\n")
+        shown = admin.admin(b"show jobs").splitlines()
+        self.assertEqual(sorted(line.split(b"\t")[0] for line in shown[:-1]), sorted(handles))
+
+    def test_memory_counted(self) -> None:
+        """
+        A spilled job counts L{SPILLED_COST} against the memory budget, not
+        its payload and a whole job's overhead.
+        """
+        self.start(spill_after=2)
+        self.submit_many(5)
+        whole = sum(len(b"payload %d" % i) + JOB_OVERHEAD for i in range(2))
+        self.assertEqual(self.server.table.held_bytes, whole + 3 * SPILLED_COST)
+
+    def test_drain_in_order(self) -> None:
+        """
+        A worker gets every job, in submission order, with its payload and
+        unique id; nothing is left in memory or in the store.
+        """
+        self.start(spill_after=3)
+        handles = self.submit_many(20)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 20)
+        self.assertEqual(
+            got, [(h, b"f", b"u%d" % i, b"payload %d" % i) for i, h in enumerate(handles)]
+        )
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        self.assertEqual(len(self.server.table), 0)
+        self.assertEqual(self.store.jobs, {})
+        self.assertEqual(self.server.table.held_bytes, 0)
+
+    def test_workers_wait_for_fetch(self) -> None:
+        """
+        While the next jobs are being fetched a grab finds none; the
+        sleeping worker is woken when they are back.
+        """
+        self.store.manual = True
+        self.start(spill_after=4)
+        handles = self.submit_many(12)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 2)
+        # Under half of 4 ready: the next ones are asked for.
+        self.assertEqual(len(self.store.fetches), 1)
+        got += self.drain(worker, 2)
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        worker.send(P.PRE_SLEEP)
+        self.assertEqual(worker.packets(), [])
+        self.store.answer()
+        self.clock.advance(0)
+        self.assertEqual(worker.packets(), [(P.NOOP, ())])
+        while len(got) < 12:
+            if self.store.fetches:
+                self.store.answer()
+                self.clock.advance(0)
+            packet = worker.grab()
+            if packet[0] == P.NO_JOB:
+                continue
+            got.append(packet[1])
+            worker.send(P.WORK_COMPLETE, packet[1][0], b"")
+        self.assertEqual([g[0] for g in got], handles)
+
+    def test_pushed_during_fetch_keeps_order(self) -> None:
+        """
+        Jobs submitted while a fetch runs queue behind the fetched ones.
+        """
+        self.store.manual = True
+        self.start(spill_after=2)
+        handles = self.submit_many(5)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 1)
+        self.assertEqual(len(self.store.fetches), 1)
+        handles += self.submit_many(2, tag=b"later")
+        self.store.answer()
+        self.clock.advance(0)
+        self.store.manual = False
+        got += self.drain(worker, 6)
+        self.assertEqual([g[0] for g in got], handles)
+
+    def test_priorities(self) -> None:
+        """
+        Each priority spills on its own, and high still goes first.
+        """
+        self.start(spill_after=2)
+        low = self.submit_many(4, ptype=P.SUBMIT_JOB_LOW_BG, tag=b"l")
+        high = self.submit_many(4, ptype=P.SUBMIT_JOB_HIGH_BG, tag=b"h")
+        normal = self.submit_many(4, tag=b"n")
+        self.assertEqual(len(self.server.table.spilled), 6)
+        worker = self.connect().can_do(b"f")
+        got = [g[0] for g in self.drain(worker, 12)]
+        self.assertEqual(got, high + normal + low)
+
+    def test_foreground_behind_spilled(self) -> None:
+        """
+        A foreground job queued behind spilled jobs waits its turn, whole,
+        and its client gets its result.
+        """
+        self.start(spill_after=2)
+        background = self.submit_many(4)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB, b"f", b"", b"fg")
+        ((_, (fg,)),) = client.packets()
+        self.assertIn(fg, self.server.table.by_handle)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 5)
+        self.assertEqual([g[0] for g in got], [*background, fg])
+        self.assertEqual(got[-1][3], b"fg")
+        self.assertEqual(client.packets(), [(P.WORK_COMPLETE, (fg, b""))])
+
+    def test_not_spilled_until_committed(self) -> None:
+        """
+        A job waits whole in the tail until its write is committed.
+        """
+        self.store.manual = True
+        from txgearmand.test.test_durability import ManualStore
+
+        class Both(SpillStore, ManualStore):
+            def __init__(self) -> None:
+                SpillStore.__init__(self)
+                ManualStore.__init__(self)
+
+        self.store = Both()
+        self.start(spill_after=1)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"", b"one")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"", b"two")
+        self.assertEqual(self.server.table.spilled, {})
+        self.commit()
+        self.assertEqual(len(self.server.table.spilled), 1)
+
+    def test_get_status(self) -> None:
+        """
+        GET_STATUS knows a spilled job: queued, not running.
+        """
+        self.start(spill_after=1)
+        handles = self.submit_many(3)
+        client = self.connect()
+        client.send(P.GET_STATUS, handles[2])
+        self.assertEqual(client.packets(), [(P.STATUS_RES, (handles[2], b"1", b"0", b"0", b"0"))])
+        client.send(P.GET_STATUS_UNIQUE, b"u1")
+        self.assertEqual(
+            client.packets(), [(P.STATUS_RES_UNIQUE, (b"u1", b"1", b"0", b"0", b"0", b"0"))]
+        )
+
+    def test_background_duplicate(self) -> None:
+        """
+        A background submission with a spilled job's unique id joins it:
+        same handle, nothing stored again, run once.
+        """
+        self.start(spill_after=1)
+        handles = self.submit_many(3)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"u2", b"other payload")
+        self.assertEqual(client.packets(), [(P.JOB_CREATED, (handles[2],))])
+        self.assertEqual(len(self.store.jobs), 3)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 3)
+        self.assertEqual(got[2], (handles[2], b"f", b"u2", b"payload 2"))
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+
+    def test_foreground_joins_spilled(self) -> None:
+        """
+        A foreground submission with a spilled job's unique id waits on it
+        and gets its result; the worker gets the stored payload.
+        """
+        self.store.manual = True
+        self.start(spill_after=2)
+        handles = self.submit_many(6)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB, b"f", b"u4", b"ignored")
+        self.assertEqual(client.packets(), [(P.JOB_CREATED, (handles[4],))])
+        self.assertIn(handles[4], self.server.table.by_handle)
+        self.assertNotIn(handles[4], self.server.table.spilled)
+        self.store.manual = False
+        self.store.answer()
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 6)
+        self.assertEqual(got[4], (handles[4], b"f", b"u4", b"payload 4"))
+        self.assertEqual(client.packets(), [(P.WORK_COMPLETE, (handles[4], b""))])
+        self.assertEqual(self.server.table.held_bytes, 0)
+
+    def test_cancel(self) -> None:
+        """
+        A spilled job cancelled by the admin is never handed out, and its
+        row goes.
+        """
+        self.start(spill_after=1)
+        handles = self.submit_many(4)
+        admin = self.connect()
+        self.assertEqual(admin.admin(b"cancel job " + handles[2]), b"OK\r\n")
+        self.assertNotIn(3, self.store.jobs)
+        fq = self.server.registry.get(b"f")
+        assert fq is not None
+        self.assertEqual(fq.queued[1], 3)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 3)
+        self.assertEqual([g[0] for g in got], [handles[0], handles[1], handles[3]])
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        self.assertEqual(self.store.jobs, {})
+
+    def test_cancel_while_fetched(self) -> None:
+        """
+        A job cancelled while its payload is on its way is skipped.
+        """
+        self.store.manual = True
+        self.start(spill_after=2)
+        handles = self.submit_many(5)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 1)
+        ((ids, _),) = self.store.fetches
+        self.assertEqual(ids, [3])
+        admin = self.connect()
+        self.assertEqual(admin.admin(b"cancel job " + handles[2]), b"OK\r\n")
+        self.store.manual = False
+        self.store.answer()
+        got += self.drain(worker, 3)
+        self.assertEqual([g[0] for g in got], [handles[0], handles[1], handles[3], handles[4]])
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        self.assertEqual(len(self.server.table), 0)
+
+    def test_fetch_fails(self) -> None:
+        """
+        A fetch that fails is logged once and tried again a second later;
+        nothing is lost.
+        """
+        logs = capture_logs(self)
+        self.start(spill_after=2)
+        handles = self.submit_many(6)
+        self.store.fail_fetch = True
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 2)
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        worker.send(P.PRE_SLEEP)
+        self.clock.advance(1)
+        self.clock.advance(1)
+        failures = [e for e in logs if "failed; trying again" in e.get("log_format", "")]
+        self.assertEqual(len(failures), 1)
+        self.flushLoggedErrors(OSError)
+        self.store.fail_fetch = False
+        self.clock.advance(1)
+        self.assertEqual(worker.packets(), [(P.NOOP, ())])
+        got += self.drain(worker, 4)
+        self.assertEqual([g[0] for g in got], handles)
+
+    def test_row_gone(self) -> None:
+        """
+        A spilled job whose row vanished from the store is dropped with a
+        warning; the counts stay right.
+        """
+        logs = capture_logs(self)
+        self.start(spill_after=1)
+        handles = self.submit_many(3)
+        del self.store.jobs[2]
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 2)
+        self.assertEqual([g[0] for g in got], [handles[0], handles[2]])
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        self.assertTrue(any("no longer in the store" in e.get("log_format", "") for e in logs))
+        self.assertEqual(len(self.server.table), 0)
+        self.assertEqual(self.server.table.held_bytes, 0)
+        self.assertIsNone(self.server.registry.get(b"f").queued[1] or None)  # type: ignore[union-attr]
+
+    def test_off(self) -> None:
+        """
+        With C{spill_after} 0 nothing spills.
+        """
+        self.start(spill_after=0)
+        self.submit_many(50)
+        self.assertEqual(self.server.table.spilled, {})
+
+    def test_spillable(self) -> None:
+        """
+        Only a committed background job nobody waits on, on its first
+        attempt, due now and not coalesced on its payload, may spill.
+        """
+        self.start(spill_after=100)
+        self.submit_many(1)
+        (job,) = self.server.jobs()
+        self.assertTrue(spillable(job))
+        for field, value in [
+            ("retries", 1),
+            ("attempts", 1),
+            ("first_failed", 1.0),
+            ("when", 5.0),
+            ("unique", b"-"),
+            ("store_id", None),
+            ("commit_waiters", []),
+            ("require_listener", True),
+        ]:
+            saved = getattr(job, field)
+            setattr(job, field, value)
+            self.assertFalse(spillable(job), field)
+            setattr(job, field, saved)
+        self.assertTrue(spillable(job))
+
+
+class SpillReplayTests(SpillTestMixin, SynchronousTestCase):
+    """
+    A restart on a long stored queue loads records, not payloads, beyond
+    the first few of each queue.
+    """
+
+    def fill(self, n: int = 10) -> list[bytes]:
+        self.start(spill_after=0)
+        handles = self.submit_many(n)
+        self.submit_many(2, function=b"g")
+        self.server.stopService()
+        return handles
+
+    def test_replay(self) -> None:
+        """
+        Replayed, the jobs beyond the first C{spill_after} of a queue are
+        records; they drain in order under their handles.
+        """
+        handles = self.fill()
+        self.start(spill_after=3)
+        self.assertEqual(self.store.indexed, [3])
+        self.assertEqual(sorted(self.server.table.spilled), sorted(handles[3:]))
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 10)
+        self.assertEqual(
+            got, [(h, b"f", b"u%d" % i, b"payload %d" % i) for i, h in enumerate(handles)]
+        )
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+
+    def test_replayed_coalesce_and_new_handles(self) -> None:
+        """
+        A replayed spilled job still coalesces, and new jobs get new
+        handles.
+        """
+        handles = self.fill()
+        self.start(spill_after=3)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"u7", b"x")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"new", b"x")
+        (first, second) = client.packets()
+        self.assertEqual(first, (P.JOB_CREATED, (handles[7],)))
+        self.assertNotIn(second[1][0], handles)
+
+    def test_handle_taken(self) -> None:
+        """
+        A spilled row whose handle a replayed job already has gets a new
+        handle.
+        """
+        self.start(spill_after=0)
+        self.submit_many(3)
+        self.server.stopService()
+        job = self.store.jobs[3]
+        self.store.jobs[3] = job._replace(handle=self.store.jobs[1].handle)
+        self.start(spill_after=1)
+        self.assertEqual(len(self.server.table), 3)
+        self.assertEqual(len(set(self.server.table.by_handle) | set(self.server.table.spilled)), 3)
+
+
+class SpilledRecordTests(SynchronousTestCase):
+    """
+    L{Spilled}'s states.
+    """
+
+    def test_repr(self) -> None:
+        from txgearmand.records import FunctionQueue
+
+        entry = Spilled(b"H:1", b"u", 1, FunctionQueue(b"f"), 1, None, Spilled.STORED)
+        self.assertEqual(repr(entry), "<Spilled b'H:1' state=1>")
