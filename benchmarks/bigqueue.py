@@ -273,10 +273,11 @@ def big_run(kind: str, args: argparse.Namespace, workdir: Path, guard: RssGuard)
         row.notes.append("not installed")
         return row
     row.system_swap_before_mib = system_swap_mib()
-    server.start()
-    guard.watch(server)
-    step = "submit"
+    step = "start"
     try:
+        server.start()
+        guard.watch(server)
+        step = "submit"
         _log(f"{kind}: submitting {args.jobs} jobs on {args.connections} connections")
         row.submit_per_s = pipelined_background_submits(
             server.port, args.jobs, FUNCTION, PAYLOAD, args.connections
@@ -322,9 +323,9 @@ def small_run(
     server = make_server(kind, workdir, shlex.split(args.tx_args))
     if server is None:
         return
-    server.start()
-    guard.watch(server)
     try:
+        server.start()
+        guard.watch(server)
         pipelined_background_submits(
             server.port, args.small_jobs, FUNCTION, PAYLOAD, args.connections
         )
@@ -487,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 row = big_run(kind, args, workdir, guard)
                 rows.append(row)
-                if not (args.skip_small or args.skip_drain) and "not installed" not in row.notes:
+                if not (args.skip_small or args.skip_drain) and row.submit_per_s is not None:
                     small_run(kind, args, workdir, guard, row)
     finally:
         guard.close()
