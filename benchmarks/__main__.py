@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import loadgen
-from benchmarks._load import cpu_seconds, rss_kib
+from benchmarks._load import cpu_seconds, rss_kib, status_total
 from txgearmand.test import _process
 
 PYPY_VENV = Path(
@@ -279,8 +279,19 @@ def cpu_background(server: _process.Server, jobs: int) -> dict[str, float]:
     before = cpu_seconds(pid)
     loadgen.submit_background(server.port, jobs, function, payload)
     loadgen.drain(server.port, 10, function, jobs)
+    _wait_empty(server.port, function)
     after = cpu_seconds(pid)
     return _cpu_per_job(before, after, jobs)
+
+
+def _wait_empty(port: int, function: bytes, timeout: float = 10.0) -> None:
+    """
+    Wait until the server has taken the last WORK_COMPLETE of a function
+    (admin status shows no job of it), at most C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while status_total(port, function) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def main(argv: list[str] | None = None) -> int:
