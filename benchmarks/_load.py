@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import socket
 import struct
 import threading
@@ -96,7 +97,13 @@ def pipelined_background_submits(
                 ready.get(timeout=60)
             start = time.perf_counter()
             go.set()
-            outcomes = [results.get() for _ in procs]
+            outcomes = []
+            while len(outcomes) < len(procs):
+                try:
+                    outcomes.append(results.get(timeout=5))
+                except queue.Empty:
+                    if not any(p.is_alive() for p in procs):
+                        raise RuntimeError("a submitting process died") from None
             elapsed = time.perf_counter() - start
         finally:
             go.set()
