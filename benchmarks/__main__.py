@@ -7,9 +7,22 @@ one table of medians with the ratios txgearmand / peer.
     python -m benchmarks            # short: under two minutes
     python -m benchmarks --full     # real numbers: longer runs, 100k jobs
     python -m benchmarks --servers txgearmand,c-t1 --rounds 5
+    python -m benchmarks --cpu --full   # only the server-CPU-per-job rows
 
 Servers that are not installed are skipped, saying so; scenarios a server
 cannot run are marked n/a.
+
+The CPU scenarios (cpu_fg_10x10, cpu_bg; --cpu runs only these)
+measure the server process's own CPU time per job, in microseconds (user,
+system and their total; lower is better): the utime and stime of
+/proc/PID/stat (all threads of the process together, so C gearmand's I/O
+threads count) read just before and just after a fixed number of jobs
+(40,000 with --full, 10,000 without), after an untimed warm-up run of
+the same size. cpu_fg_10x10 is the fg_10x10_100B load (10 clients x
+10 workers, 100 B, 8 in flight per client) run to a count; cpu_bg
+submits the jobs in the background, pipelined on one connection, and
+drains them with 10 workers. The kernel counts CPU time in clock ticks
+(10 ms), so a figure is good to about 10 ms / jobs.
 """
 
 from __future__ import annotations
@@ -24,10 +37,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from benchmarks import loadgen
-from benchmarks._load import rss_kib
+from benchmarks._load import cpu_seconds, rss_kib, status_total
 from txgearmand.test import _process
 
 PYPY_VENV = Path(
@@ -113,22 +125,35 @@ SERVER_NAMES = {
 UNSUPPORTED = {("perl", "bg_priorities_drain"): "no LOW priority, no GRAB_JOB_UNIQ"}
 
 
-def scenarios(full: bool) -> list[tuple[str, str, bool, Callable[[int], dict[str, float]]]]:
+#: A scenario: (name, description, needs a fresh server, run(server) -> metrics).
+Scenario = tuple[str, str, bool, Callable[[_process.Server], dict[str, float]]]
+
+#: The scenarios C{--cpu} runs.
+CPU_SCENARIOS = ("cpu_fg_10x10", "cpu_bg")
+
+
+def scenarios(full: bool) -> list[Scenario]:
     """
-    (name, description, needs a fresh server, run(port) -> metrics).
+    The scenarios, short or C{full}.
     """
     secs = 8.0 if full else 2.0
     warm = 2.0 if full else 0.5
     jobs = 100_000 if full else 20_000
     herd = 500 if full else 200
     herd_jobs = 10 if full else 3
+    cpu_jobs = 40_000 if full else 10_000
 
-    def fg(clients: int, workers: int, size: int, window: int) -> Callable[[int], dict[str, float]]:
-        return lambda port: loadgen.foreground(port, clients, workers, size, window, secs, warm)
+    def fg(
+        clients: int, workers: int, size: int, window: int
+    ) -> Callable[[_process.Server], dict[str, float]]:
+        return lambda server: loadgen.foreground(
+            server.port, clients, workers, size, window, secs, warm
+        )
 
-    def bg(priorities: bool) -> Callable[[int], dict[str, float]]:
-        def run(port: int) -> dict[str, float]:
+    def bg(priorities: bool) -> Callable[[_process.Server], dict[str, float]]:
+        def run(server: _process.Server) -> dict[str, float]:
             function = b"bg%d" % time.monotonic_ns()
+            port = server.port
             submit = loadgen.submit_background(port, jobs, function, b"x" * 100, priorities)
             grab = loadgen.GRAB_JOB_UNIQ if priorities else loadgen.GRAB_JOB
             drain = loadgen.drain(port, 10, function, jobs, grab)
@@ -167,23 +192,43 @@ def scenarios(full: bool) -> list[tuple[str, str, bool, Callable[[int], dict[str
             True,
             bg(True),
         ),
-        ("rss_queued", f"server RSS with {jobs} queued 100 B background jobs", True, _no_run),
+        (
+            "rss_queued",
+            f"server RSS with {jobs} queued 100 B background jobs",
+            True,
+            lambda server: rss_scenario(server, jobs),
+        ),
         (
             "idle_herd",
             f"{herd} sleeping workers, {herd_jobs} jobs 1 s apart: NOOPs per job",
             False,
-            lambda port: {
-                "noops_per_job": loadgen.idle_herd(port, herd, herd_jobs, 1.0 if full else 0.5)
+            lambda server: {
+                "noops_per_job": loadgen.idle_herd(
+                    server.port, herd, herd_jobs, 1.0 if full else 0.5
+                )
             },
+        ),
+        (
+            "cpu_fg_10x10",
+            f"server CPU us per job: {cpu_jobs} foreground jobs, 10 clients x 10 workers, "
+            "100 B, 8 in flight each (after a warm-up run)",
+            False,
+            lambda server: cpu_foreground(server, cpu_jobs),
+        ),
+        (
+            "cpu_bg",
+            f"server CPU us per job: submit {cpu_jobs} x 100 B background, pipelined, "
+            "drain with 10 workers (after a warm-up run)",
+            False,
+            lambda server: cpu_background(server, cpu_jobs),
         ),
     ]
 
 
-def _no_run(port: int) -> dict[str, float]:
-    raise AssertionError("rss_queued is measured by rss_scenario")
-
-
 def rss_scenario(server: _process.Server, jobs: int) -> dict[str, float]:
+    """
+    The server's RSS idle and with C{jobs} background jobs queued.
+    """
     function = b"rss%d" % time.monotonic_ns()
     assert server.process is not None
     before = rss_kib(server.process.pid)
@@ -192,20 +237,81 @@ def rss_scenario(server: _process.Server, jobs: int) -> dict[str, float]:
     return {"rss_mib": rss_kib(server.process.pid) / 1024, "idle_rss_mib": before / 1024}
 
 
+def _cpu_per_job(
+    before: tuple[float, float], after: tuple[float, float], jobs: int
+) -> dict[str, float]:
+    user = (after[0] - before[0]) * 1e6 / jobs
+    system = (after[1] - before[1]) * 1e6 / jobs
+    return {"cpu_user_us": user, "cpu_sys_us": system, "cpu_total_us": user + system}
+
+
+def _pid(server: _process.Server) -> int:
+    assert server.process is not None and server.process.poll() is None, "the server is not running"
+    return server.process.pid
+
+
+def cpu_foreground(server: _process.Server, jobs: int) -> dict[str, float]:
+    """
+    The server process's CPU time per foreground job (10 clients x 10
+    workers, 100 B, 8 in flight per client), over exactly C{jobs} jobs
+    after a warm-up run of as many.
+    """
+    pid = _pid(server)
+    loadgen.foreground_fixed(server.port, 10, 10, 100, 8, jobs, lambda: None)
+    _, before, after = loadgen.foreground_fixed(
+        server.port, 10, 10, 100, 8, jobs, lambda: cpu_seconds(pid)
+    )
+    return _cpu_per_job(before, after, jobs)
+
+
+def cpu_background(server: _process.Server, jobs: int) -> dict[str, float]:
+    """
+    The server process's CPU time per background job: C{jobs} submitted
+    pipelined on one connection, then drained by 10 workers; after a
+    warm-up run of as many.
+    """
+    pid = _pid(server)
+    payload = b"x" * 100
+    warm = b"cpuw%d" % time.monotonic_ns()
+    loadgen.submit_background(server.port, jobs, warm, payload)
+    loadgen.drain(server.port, 10, warm, jobs)
+    function = b"cpu%d" % time.monotonic_ns()
+    before = cpu_seconds(pid)
+    loadgen.submit_background(server.port, jobs, function, payload)
+    loadgen.drain(server.port, 10, function, jobs)
+    _wait_empty(server.port, function)
+    after = cpu_seconds(pid)
+    return _cpu_per_job(before, after, jobs)
+
+
+def _wait_empty(port: int, function: bytes, timeout: float = 10.0) -> None:
+    """
+    Wait until the server has taken the last WORK_COMPLETE of a function
+    (admin status shows no job of it), at most C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while status_total(port, function) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--full", action="store_true", help="longer runs, 100k jobs")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 1, --full 3)")
     parser.add_argument("--servers", default=",".join(SERVER_NAMES))
     parser.add_argument("--scenarios", default=None, help="comma-separated scenario names")
+    parser.add_argument(
+        "--cpu", action="store_true", help="only the server-CPU-per-job scenarios (cpu_*)"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.full else 1)
     kinds = [k for k in args.servers.split(",") if k]
-    jobs = 100_000 if args.full else 20_000
     chosen = scenarios(args.full)
     if args.scenarios:
         wanted = set(args.scenarios.split(","))
         chosen = [s for s in chosen if s[0] in wanted]
+    if args.cpu:
+        chosen = [s for s in chosen if s[0] in CPU_SCENARIOS]
     started = time.monotonic()
     results: dict[tuple[str, str, str], list[float]] = {}
     skipped: dict[str, str] = {}
@@ -230,14 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                             assert server is not None
                             server.start()
                             try:
-                                if name == "rss_queued":
-                                    metrics = rss_scenario(server, jobs)
-                                else:
-                                    metrics = run(server.port)
+                                metrics = run(server)
                             finally:
                                 server.stop()
                         else:
-                            metrics = run(shared[kind].port)
+                            metrics = run(shared[kind])
                         for metric, value in metrics.items():
                             results.setdefault((name, metric, kind), []).append(value)
                         print(
@@ -271,7 +374,7 @@ def _commit() -> str:
 
 def report(
     results: dict[tuple[str, str, str], list[float]],
-    chosen: list[Any],
+    chosen: list[Scenario],
     kinds: list[str],
     skipped: dict[str, str],
     rounds: int,
@@ -307,7 +410,10 @@ def report(
         for kind in kinds:
             if (kind, name) in UNSUPPORTED:
                 print(f"  ({SERVER_NAMES[kind]}: n/a, {UNSUPPORTED[(kind, name)]})")
-    print("\nRatios txgearmand / peer (higher is better for rates, lower for ms, MiB, NOOPs):")
+    print(
+        "\nRatios txgearmand / peer (higher is better for rates; lower for ms, MiB, "
+        "NOOPs and CPU us per job):"
+    )
     ours = [k for k in ("txgearmand", "txgearmand-pypy") if k in kinds]
     peers = [k for k in kinds if k not in ours]
     for name, metric in rows:

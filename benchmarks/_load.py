@@ -4,11 +4,14 @@ Load helpers that speak the raw Gearman protocol over blocking sockets.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
 import socket
 import struct
 import threading
 import time
+from typing import Any
 
 from txgearmand.wire import PacketType as P
 from txgearmand.wire import encode_request
@@ -42,33 +45,162 @@ def read_packets(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
     return out
 
 
+#: Packets encoded and sent at a time: a submitter never holds more.
+SUBMIT_CHUNK = 500
+
+
 def pipelined_background_submits(
-    port: int, count: int, function: bytes = b"bench", payload: bytes = b"x" * 100
+    port: int,
+    count: int,
+    function: bytes = b"bench",
+    payload: bytes = b"x" * 100,
+    connections: int = 1,
 ) -> float:
     """
-    Submit C{count} background jobs (distinct unique ids) on one
-    connection, all pipelined; return the jobs acknowledged per second.
+    Submit C{count} background jobs (distinct unique ids), all pipelined,
+    on C{connections} connections (more than one: one load process each);
+    return the jobs acknowledged per second.
+
+    The packets are encoded and sent a chunk at a time and the replies are
+    counted, not kept, so the load process's memory does not grow with
+    C{count}.
+
+    @raise RuntimeError: if a submission gets anything but JOB_CREATED, or
+        a connection fails.
     """
-    sock = connect(port)
     tag = os.urandom(4).hex().encode()
-    packets = [
-        encode_request(P.SUBMIT_JOB_BG, function, b"%s-%d" % (tag, i), payload)
-        for i in range(count)
-    ]
-    result: list[list[tuple[int, bytes]]] = []
-    reader = threading.Thread(target=lambda: result.append(read_packets(sock, count)))
-    start = time.perf_counter()
-    reader.start()
-    for i in range(0, count, 500):
-        sock.sendall(b"".join(packets[i : i + 500]))
-    reader.join()
-    elapsed = time.perf_counter() - start
-    sock.close()
-    replies = result[0]
-    errors = [r for r in replies if r[0] != P.JOB_CREATED]
-    if errors:
-        raise RuntimeError(f"{len(errors)} submissions failed: {errors[0]!r}")
+    shares = [count // connections + (i < count % connections) for i in range(connections)]
+    firsts = [sum(shares[:i]) for i in range(connections)]
+    if connections <= 1:
+        sock = connect(port)
+        start = time.perf_counter()
+        outcome = _submit_on(sock, count, function, payload, tag, 0)
+        elapsed = time.perf_counter() - start
+        sock.close()
+        outcomes = [outcome]
+    else:
+        ctx = multiprocessing.get_context("fork")
+        ready: Any = ctx.Queue()
+        results: Any = ctx.Queue()
+        go = ctx.Event()
+        procs = [
+            ctx.Process(
+                target=_submit_process,
+                args=(port, n, function, payload, tag, first, ready, go, results),
+            )
+            for n, first in zip(shares, firsts)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            for _ in procs:
+                ready.get(timeout=60)
+            start = time.perf_counter()
+            go.set()
+            outcomes = []
+            while len(outcomes) < len(procs):
+                try:
+                    outcomes.append(results.get(timeout=5))
+                except queue.Empty:
+                    if not any(p.is_alive() for p in procs):
+                        raise RuntimeError("a submitting process died") from None
+            elapsed = time.perf_counter() - start
+        finally:
+            go.set()
+            for p in procs:
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
+    failed = [o for o in outcomes if o[1] or o[2]]
+    if failed:
+        created = sum(o[0] for o in outcomes)
+        refused = sum(o[1] for o in outcomes)
+        raise RuntimeError(
+            f"{created} of {count} submissions acknowledged, {refused} refused; "
+            f"first failure: {failed[0][2] or failed[0][3]!r}"
+        )
     return count / elapsed
+
+
+#: (JOB_CREATED replies, other replies, what went wrong, first other reply)
+_Outcome = tuple[int, int, str, bytes]
+
+
+def _submit_process(
+    port: int,
+    count: int,
+    function: bytes,
+    payload: bytes,
+    tag: bytes,
+    first: int,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    try:
+        sock = connect(port)
+    except OSError as e:
+        ready.put(1)
+        results.put((0, 0, f"connect: {e}", b""))
+        return
+    ready.put(1)
+    go.wait(120)
+    results.put(_submit_on(sock, count, function, payload, tag, first))
+    sock.close()
+
+
+def _submit_on(
+    sock: socket.socket, count: int, function: bytes, payload: bytes, tag: bytes, first: int
+) -> _Outcome:
+    """
+    Send C{count} SUBMIT_JOB_BG (unique ids C{tag-first} onwards) a chunk at
+    a time while a thread counts the replies.
+    """
+    counted: list[_Outcome] = []
+    reader = threading.Thread(target=lambda: counted.append(_count_replies(sock, count)))
+    reader.start()
+    problem = ""
+    try:
+        for i in range(first, first + count, SUBMIT_CHUNK):
+            sock.sendall(
+                b"".join(
+                    encode_request(P.SUBMIT_JOB_BG, function, b"%s-%d" % (tag, j), payload)
+                    for j in range(i, min(i + SUBMIT_CHUNK, first + count))
+                )
+            )
+    except OSError as e:
+        problem = f"send: {e}"
+    reader.join()
+    created, other, why, first_other = counted[0]
+    return created, other, problem or why, first_other
+
+
+def _count_replies(sock: socket.socket, count: int) -> _Outcome:
+    created = other = 0
+    first_other = b""
+    buf = b""
+    try:
+        while created + other < count:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return created, other, "closed by the server", first_other
+            buf = buf + chunk if buf else chunk
+            pos = 0
+            while len(buf) - pos >= 12:
+                ptype, size = struct.unpack_from(">II", buf, pos + 4)
+                if len(buf) - pos - 12 < size:
+                    break
+                if ptype == P.JOB_CREATED:
+                    created += 1
+                else:
+                    other += 1
+                    if not first_other:
+                        first_other = buf[pos : pos + 12 + size][:200]
+                pos += 12 + size
+            buf = buf[pos:]
+    except OSError as e:
+        return created, other, f"receive: {e}", first_other
+    return created, other, "", first_other
 
 
 def status_total(port: int, function: bytes) -> int:
@@ -90,3 +222,43 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def proc_status_kib(pid: int) -> dict[str, int]:
+    """
+    The C{Vm*} sizes of a process's C{/proc/PID/status} (VmRSS, VmHWM,
+    VmSwap...), in KiB.
+    """
+    sizes: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Vm"):
+                name, value = line.split(":", 1)
+                sizes[name] = int(value.split()[0])
+    return sizes
+
+
+def meminfo_kib() -> dict[str, int]:
+    """
+    The machine's C{/proc/meminfo}, in KiB.
+    """
+    info: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, value = line.split(":", 1)
+            info[name] = int(value.split()[0])
+    return info
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """
+    The user and system CPU time a process has used, all its threads
+    together (fields 14 and 15 of C{/proc/PID/stat}), in seconds; the
+    kernel counts it in clock ticks (usually 10 ms).
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    # The command name (field 2) is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick

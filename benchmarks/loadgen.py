@@ -16,6 +16,7 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from txgearmand.wire import PacketType as P
@@ -104,10 +105,12 @@ def run_workers(
     ready: Any,
     results: Any,
     grab: int = GRAB_JOB,
+    done: Any = None,
 ) -> None:
     """
     C{count} worker connections that complete every job at once (the
-    result is the payload's first 16 bytes); count jobs and NOOPs.
+    result is the payload's first 16 bytes), until C{stop_at} or until the
+    event C{done} is set; count jobs and NOOPs.
     """
     sel = selectors.DefaultSelector()
     conns = []
@@ -120,7 +123,7 @@ def run_workers(
     ready.put(count)
     jobs = noops = 0
     assign = JOB_ASSIGN if grab == GRAB_JOB else JOB_ASSIGN_UNIQ
-    while time.time() < stop_at:
+    while time.time() < stop_at and not (done is not None and done.is_set()):
         for key, _ in sel.select(timeout=0.05):
             c = key.data
             for ptype, body in c.packets():
@@ -199,6 +202,135 @@ def run_clients(
     results.put(("clients", done, latencies, errors))
     for c in conns:
         c.sock.close()
+
+
+def run_counted_clients(
+    port: int,
+    count: int,
+    function: bytes,
+    payload: bytes,
+    window: int,
+    quota: int,
+    ready: Any,
+    go: Any,
+    done: Any,
+    results: Any,
+) -> None:
+    """
+    C{count} client connections that, once the event C{go} is set, each
+    run C{quota} foreground jobs keeping C{window} in flight; report the
+    jobs completed, then keep the connections open until C{done} is set.
+    """
+    sel = selectors.DefaultSelector()
+    conns = []
+    for _ in range(count):
+        c = Conn(port)
+        sel.register(c.sock, selectors.EVENT_READ, c)
+        conns.append(c)
+    ready.put(count)
+    go.wait(120)
+    submit = packet(SUBMIT_JOB, function, b"", payload)
+    sent: dict[Conn, int] = {}
+    for c in conns:
+        sent[c] = min(window, quota)
+        c.send(submit * sent[c])
+        c.flush()
+    completed = errors = 0
+    stop_at = time.time() + 600
+    while completed < count * quota and time.time() < stop_at:
+        for key, _ in sel.select(timeout=0.05):
+            c = key.data
+            for ptype, _body in c.packets():
+                if ptype == WORK_COMPLETE:
+                    completed += 1
+                elif ptype in (ERROR, WORK_FAIL):
+                    errors += 1
+                    sent[c] -= 1
+                else:
+                    continue
+                if sent[c] < quota:
+                    c.send(submit)
+                    sent[c] += 1
+            c.flush()
+            if c.closed:
+                stop_at = 0.0  # the server went away: report what was done
+    results.put(("clients", completed, errors))
+    done.wait(120)
+    for c in conns:
+        c.sock.close()
+
+
+def foreground_fixed(
+    port: int,
+    clients: int,
+    workers: int,
+    payload_size: int,
+    window: int,
+    jobs: int,
+    probe: Callable[[], Any],
+) -> tuple[float, Any, Any]:
+    """
+    Run exactly C{jobs} foreground jobs (shared among C{clients} client
+    connections, each keeping C{window} in flight) through C{workers}
+    worker connections, each kind spread over two processes.
+
+    Every connection is made and every worker asleep before C{probe()} is
+    called; the clients start after it and it is called again as soon as
+    the last job is complete, before anything disconnects, so only the jobs
+    happen between the two calls.
+
+    @return: the seconds the jobs took, and what C{probe} returned before
+        and after.
+    """
+    ctx = multiprocessing.get_context("fork")
+    ready: Any = ctx.Queue()
+    results: Any = ctx.Queue()
+    go = ctx.Event()
+    done = ctx.Event()
+    function = b"fx" + os.urandom(3).hex().encode()
+    payload = os.urandom(payload_size // 2 + 1).hex().encode()[:payload_size]
+    stop_at = time.time() + 900
+    worker_procs = [
+        ctx.Process(
+            target=run_workers,
+            args=(port, n, function, stop_at, ready, results, GRAB_JOB, done),
+        )
+        for n in _split(workers)
+    ]
+    quota = jobs // clients
+    client_procs = [
+        ctx.Process(
+            target=run_counted_clients,
+            args=(port, n, function, payload, window, quota, ready, go, done, results),
+        )
+        for n in _split(clients)
+    ]
+    try:
+        for p in worker_procs + client_procs:
+            p.start()
+        for _ in worker_procs + client_procs:
+            ready.get(timeout=60)
+        time.sleep(0.3)  # the workers have grabbed, got NO_JOB and slept
+        before = probe()
+        start = time.perf_counter()
+        go.set()
+        completed = errors = 0
+        for _ in client_procs:
+            _, n, e = results.get(timeout=900)
+            completed += n
+            errors += e
+        elapsed = time.perf_counter() - start
+        after = probe()
+    finally:
+        go.set()
+        done.set()
+        for p in worker_procs + client_procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    if completed != quota * clients or errors:
+        raise RuntimeError(f"{completed} of {quota * clients} jobs completed, {errors} errors")
+    return elapsed, before, after
 
 
 def submit_background(

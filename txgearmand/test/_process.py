@@ -90,9 +90,9 @@ class Server:
         self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Server:
+    def start(self, timeout: float = START_TIMEOUT) -> Server:
         """
-        Start it and wait until it answers.
+        Start it and wait until it answers, at most C{timeout} seconds.
         """
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -104,7 +104,7 @@ class Server:
                 stderr=subprocess.STDOUT,
             )
         try:
-            wait_for_port(self.port, self.process, START_TIMEOUT)
+            wait_for_port(self.port, self.process, timeout)
         except RuntimeError as e:
             self.kill()
             raise RuntimeError(f"{e}\n--- log ---\n{self.log()}") from None
