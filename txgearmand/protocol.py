@@ -30,6 +30,12 @@ __all__ = ["GearmanProtocol", "GearmanServerFactory"]
 
 _encode = wire.encode
 _READ_SIZE = 256 * 1024
+
+#: Background submissions a connection may have waiting for the store's
+#: commit before it stops reading (and reads again once half are
+#: answered): a client pipelining faster than the store commits holds at
+#: most this many jobs whole in memory, not all it sent.
+MAX_UNCOMMITTED = 4096
 _ERROR = PacketType.ERROR
 _JOB_CREATED = PacketType.JOB_CREATED
 _RUNNING = JobState.RUNNING
@@ -76,6 +82,9 @@ class GearmanProtocol(Protocol):
         #: Output held back behind submissions the store has not committed:
         #: bytes, and one-item lists for those replies (filled on commit).
         self._held: deque[bytes | list[bytes | None]] | None = None
+        # Submissions waiting for the store, and whether that stopped reads.
+        self._uncommitted = 0
+        self._commit_paused = False
         self._socket: socket.socket | None = None
         self._peer: IAddress | None = None
         self.label: str | None = None
@@ -211,7 +220,12 @@ class GearmanProtocol(Protocol):
         The peer reads again: so do we.
         """
         self.paused = False
-        if self.transport is not None and not self.closed and self.server.ready:
+        if (
+            self.transport is not None
+            and not self.closed
+            and self.server.ready
+            and not self._commit_paused
+        ):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
             self.check_output()
             timeout = self._settings.read_timeout
@@ -267,8 +281,20 @@ class GearmanProtocol(Protocol):
             self._held = deque()
         self._held.append(slot)
         handle = job.handle
+        self._uncommitted += 1
+        if self._uncommitted >= MAX_UNCOMMITTED and not self._commit_paused:
+            # A client that pipelines faster than the store commits would
+            # otherwise have every job it sent held whole in memory.
+            self._commit_paused = True
+            if self.transport is not None:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
 
         def committed(failure: Failure | None) -> None:
+            self._uncommitted -= 1
+            if self._commit_paused and self._uncommitted <= MAX_UNCOMMITTED // 2:
+                self._commit_paused = False
+                if self.transport is not None and not self.closed and not self.paused:
+                    self.transport.resumeProducing()  # type: ignore[attr-defined]
             if failure is None:
                 slot[0] = _encode(_JOB_CREATED, handle)
             else:

@@ -430,3 +430,61 @@ class ReplayTests(DurabilityTestMixin, SynchronousTestCase):
         self.assertTrue(self.store.opened)
         self.server.stopService()
         self.assertFalse(self.store.opened)
+
+
+class BackpressureTests(DurabilityTestMixin, SynchronousTestCase):
+    """
+    A connection with many submissions waiting for the store stops reading
+    until half of them are answered.
+    """
+
+    def setUp(self) -> None:
+        from txgearmand import protocol
+
+        self.patch(protocol, "MAX_UNCOMMITTED", 4)
+        self.start(ManualStore())
+
+    def test_pauses_and_resumes(self) -> None:
+        """
+        At C{MAX_UNCOMMITTED} uncommitted submissions reading stops; once the
+        store commits them it starts again; every submission is answered.
+        """
+        client = self.connect()
+        other = self.connect()
+        for i in range(3):
+            client.send(P.SUBMIT_JOB_BG, b"f", b"", b"%d" % i)
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"", b"3")
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertEqual(other.transport.producerState, "producing")
+        self.commit()
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual([p[0] for p in client.packets()], [P.JOB_CREATED] * 4)
+
+    def test_output_pause_kept(self) -> None:
+        """
+        A connection paused because its peer does not read stays paused
+        when its submissions are committed.
+        """
+        client = self.connect()
+        for i in range(4):
+            client.send(P.SUBMIT_JOB_BG, b"f", b"", b"%d" % i)
+        client.protocol.pauseProducing()
+        self.commit()
+        self.assertEqual(client.transport.producerState, "paused")
+        client.protocol.resumeProducing()
+        self.assertEqual(client.transport.producerState, "producing")
+
+    def test_commit_pause_kept(self) -> None:
+        """
+        Its peer reading again does not resume a connection that waits for
+        the store.
+        """
+        client = self.connect()
+        for i in range(4):
+            client.send(P.SUBMIT_JOB_BG, b"f", b"", b"%d" % i)
+        client.protocol.pauseProducing()
+        client.protocol.resumeProducing()
+        self.assertEqual(client.transport.producerState, "paused")
+        self.commit()
+        self.assertEqual(client.transport.producerState, "producing")
