@@ -181,8 +181,7 @@ class Durability:
         d: Deferred[Any] = maybeDeferred(store.open)
         if self._spill_after:
             spilling: Any = store
-            keep = self._spill_after
-            d.addCallback(lambda _: spilling.load_index(keep))
+            d.addCallback(lambda _: spilling.load_index())
             return d.addCallback(self._loaded_index)
         d.addCallback(lambda _: store.load())
         return d.addCallback(self._loaded)
@@ -195,7 +194,7 @@ class Durability:
     def _loaded_index(self, loaded: tuple[list[StoredJob], list[SpilledRow]]) -> list[StoredJob]:
         records, self._spilled_rows = loaded
         if self._spilled_rows:
-            self._seq = self._spilled_rows[-1].id
+            self._seq = self._spilled_rows[-1][0]
         return self._loaded(records)
 
     def replay(
@@ -216,7 +215,15 @@ class Durability:
             self._keep_failed(failed, "stored")
             spilled, self._spilled_rows = self._spilled_rows, []
             if spilled:
-                self._queue_spilled(spilled, table, registry)
+                failed_list = self.failed
+                assert self.spill is not None
+                self.spill.replay(
+                    spilled,
+                    registry,
+                    (lambda handle: handle in failed_list)
+                    if failed_list
+                    else (lambda handle: False),
+                )
         for fq in registry.over_limit():
             self.log.warn(
                 "{function} has {n} stored jobs, over its max queue; all are kept",
@@ -297,39 +304,9 @@ class Durability:
             self._wake or _no_wake,
             self._lost,
         )
-        registry.spill = spill
+        registry.on_function = spill.attach
         for fq in registry:
             spill.attach(fq)
-
-    def _queue_spilled(
-        self, rows: list[SpilledRow], table: JobTable, registry: FunctionRegistry
-    ) -> None:
-        """
-        Queue the records of replayed jobs whose payloads stay in the store,
-        behind the whole ones (see L{txgearmand.spill}).
-        """
-        spill = self.spill
-        assert spill is not None
-        failed_list = self.failed
-        by_handle = table.by_handle
-        spilled = table.spilled
-        note_handle = table.note_handle
-        function = registry.function
-        add = spill.add_stored
-        fq: FunctionQueue | None = None
-        for row in rows:
-            handle = row.handle
-            note_handle(handle)
-            if (
-                handle in by_handle
-                or handle in spilled
-                or (failed_list is not None and handle in failed_list)
-            ):
-                handle = table.new_handle()
-            # Fast path: rows of one function come in runs; one lookup per run.
-            if fq is None or fq.name != row.function:
-                fq = function(row.function)
-            add(fq, row, handle)
 
     def _keep_failed(self, jobs: list[FailedJob], how: str) -> None:
         """

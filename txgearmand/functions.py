@@ -6,16 +6,13 @@ The function registry: every function name the server knows, its queues
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Union
 
 from txgearmand.meters import REFUSED, FunctionCounts
 from txgearmand.records import FunctionQueue
 from txgearmand.settings import Limits, limits_of
 from txgearmand.wire import GearmanError
-
-if TYPE_CHECKING:
-    from txgearmand.spill import Spill
 
 __all__ = ["FunctionQueue", "FunctionRegistry"]
 
@@ -32,8 +29,8 @@ class FunctionRegistry:
     @ivar limits_by_name: the functions that have max-queue limits.
     @ivar counts: every function's counters (L{FunctionCounts}), which
         outlive the functions.
-    @ivar spill: the L{Spill} new functions' queues spill with, or
-        C{None}.
+    @ivar on_function: called with each new function's L{FunctionQueue}
+        (the L{txgearmand.spill.Spill} attaches itself), or C{None}.
     """
 
     def __init__(
@@ -44,7 +41,7 @@ class FunctionRegistry:
         self.by_name: dict[bytes, FunctionQueue] = {}
         self.counts = counts if counts is not None else FunctionCounts()
         self.limits_by_name: dict[bytes, Limits] = {}
-        self.spill: Spill | None = None
+        self.on_function: Callable[[FunctionQueue], None] | None = None
         for name, limit in (max_queue or {}).items():
             self.set_limits(name, limits_of(limit))
 
@@ -59,8 +56,8 @@ class FunctionRegistry:
         if fq is None:
             fq = self.by_name[name] = FunctionQueue(name)
             fq.counts = self.counts.of(name)
-            if self.spill is not None:
-                self.spill.attach(fq)
+            if self.on_function is not None:
+                self.on_function(fq)
         return fq
 
     def get(self, name: bytes) -> FunctionQueue | None:

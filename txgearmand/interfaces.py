@@ -181,23 +181,11 @@ class IJobStore(Interface):
         """
 
 
-class SpilledRow(NamedTuple):
-    """
-    What L{ISpillStore.load_index} gives for a queued job whose payload
-    stays in the store: enough to queue its place.
-
-    @ivar id: its L{StoredJob.id}.
-    @ivar handle: its job handle.
-    @ivar function: its function name.
-    @ivar unique: its unique id (C{b""} for none).
-    @ivar priority: 0 high, 1 normal, 2 low.
-    """
-
-    id: int
-    handle: bytes
-    function: bytes
-    unique: bytes
-    priority: int
+#: What L{ISpillStore.load_index} gives for a queued job whose payload
+#: stays in the store: its id, handle, function, unique id (C{b""} for
+#: none) and priority (0 high, 1 normal, 2 low), as a plain tuple (a
+#: million of them are made at a replay).
+SpilledRow = tuple[int, bytes, bytes, bytes, int]
 
 
 class ISpillStore(IJobStore):
@@ -209,15 +197,14 @@ class ISpillStore(IJobStore):
     payloads a few thousand at a time, ahead of the workers.
     """
 
-    def load_index(keep: int) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+    def load_index() -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
         """
-        Every stored job, as L{IJobStore.load}, except that the queued ones
-        beyond the first C{keep} of their function and priority (by id) come
-        without their payload.
+        Every stored job, as L{IJobStore.load}, but without the payloads of
+        the queued ones: the jobs to run at a later time and the jobs of the
+        failed list whole, every other one as a L{SpilledRow}.
 
-        @return: a Deferred firing with the whole jobs (in id order) and the
-            others (in id order): jobs to run at a later time, and jobs of
-            the failed list, are always whole.
+        @return: a Deferred firing with the whole jobs and the rows, each in
+            id order.
         """
 
     def fetch(job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:

@@ -26,6 +26,7 @@ C{keep} of their function and priority (L{ISpillStore.load_index}).
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from collections.abc import Callable
 
@@ -34,11 +35,20 @@ from twisted.python.failure import Failure
 
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
+from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
-from txgearmand.job import JobTable
+from txgearmand.job import SPILLED_COST, JobTable
 from txgearmand.records import FunctionQueue, Job, JobState, Spilled
 
 __all__ = ["Spill", "spillable"]
+
+
+def _count(fq: FunctionQueue, queued: list[int]) -> None:
+    q = fq.queued
+    q[0] += queued[0]
+    q[1] += queued[1]
+    q[2] += queued[2]
+
 
 _QUEUED = JobState.QUEUED
 _DONE = JobState.DONE
@@ -185,18 +195,79 @@ class Spill:
         job.state = _DONE
         job.store_id = None
 
-    def add_stored(self, fq: FunctionQueue, row: SpilledRow, handle: bytes) -> None:
+    def replay(
+        self,
+        rows: list[SpilledRow],
+        registry: FunctionRegistry,
+        taken: Callable[[bytes], bool],
+    ) -> None:
         """
-        Queue a replayed job's record at the back of its tail.
+        Queue the records of replayed jobs at the back of their tails (in
+        id order, behind the whole jobs queued before), then fetch the
+        first of each queue back.
+
+        @param taken: whether a handle is in use elsewhere (the failed
+            list): such a record gets a new handle.
         """
-        p = row.priority
-        tails = fq.tails
-        if tails is None:
-            tails = fq.tails = [deque(), deque(), deque()]
-        entry = Spilled(handle, row.unique, row.id, fq, p, None, _STORED)
-        tails[p].append(entry)
-        fq.queued[p] += 1
-        self.table.add_spilled(entry)
+        table = self.table
+        # A million new records, and no garbage: the cyclic collector would
+        # walk them again and again (half the time of a big replay).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._replay(rows, registry, taken)
+        finally:
+            if collecting:
+                gc.enable()
+        if rows:
+            # New handles follow the last replayed one (new_handle skips any
+            # other that is live).
+            table.note_handle(rows[-1][1])
+        table.held_bytes += SPILLED_COST * len(rows)
+        for fq in list(registry):
+            for p in range(3):
+                self.refill(fq, p)
+
+    def _replay(
+        self,
+        rows: list[SpilledRow],
+        registry: FunctionRegistry,
+        taken: Callable[[bytes], bool],
+    ) -> None:
+        table = self.table
+        by_handle = table.by_handle
+        spilled = table.spilled
+        uniques = table._uniques
+        index = table._index
+        function = registry.function
+        tails: list[deque[Spilled]] | None = None
+        fq: FunctionQueue | None = None
+        name = None
+        queued = [0, 0, 0]
+        # Fast path: everything for one row inline (a million rows are
+        # queued before the server serves), the function looked up once per
+        # run of rows of one function.
+        for store_id, handle, fname, unique, p in rows:
+            if fname != name:
+                if fq is not None:
+                    _count(fq, queued)
+                fq = function(fname)
+                name = fname
+                tails = fq.tails
+                if tails is None:
+                    tails = fq.tails = [deque(), deque(), deque()]
+                queued = [0, 0, 0]
+            if handle in spilled or handle in by_handle or taken(handle):
+                handle = table.new_handle()
+            entry = Spilled(handle, unique, store_id, fq, p, None, _STORED)  # type: ignore[arg-type]
+            tails[p].append(entry)  # type: ignore[index]
+            queued[p] += 1
+            spilled[handle] = entry
+            if unique:
+                if uniques.setdefault(unique, entry) is not entry:
+                    index(unique, fname, entry)
+        if fq is not None:
+            _count(fq, queued)
 
     # -- back from the store ------------------------------------------------
 

@@ -83,12 +83,15 @@ def _delete_ids(n: int) -> str:
 
 
 _SELECT = "SELECT " + _COLUMNS + " FROM txgearmand_jobs ORDER BY id"
-# The index of every row, in id order: what replay needs to queue a job
-# whose payload stays in the store; the last column says it must be whole
-# (it runs later, or is in the failed list).
+# What replay needs to queue a job whose payload stays in the store, in id
+# order; and the ids of the rows that must be whole (they run later, or
+# are in the failed list).
 _SELECT_INDEX = (
-    "SELECT id, handle, function, uniq, priority,"
-    " when_to_run IS NOT NULL OR failed_at IS NOT NULL FROM txgearmand_jobs ORDER BY id"
+    "SELECT id, handle, function, uniq, priority FROM txgearmand_jobs"
+    " WHERE when_to_run IS NULL AND failed_at IS NULL ORDER BY id"
+)
+_SELECT_WHOLE_IDS = (
+    "SELECT id FROM txgearmand_jobs WHERE when_to_run IS NOT NULL OR failed_at IS NOT NULL"
 )
 
 
@@ -301,27 +304,16 @@ class SQLiteStore(ThreadedStore):
 
         return self._run(select)
 
-    def load_index(self, keep: int) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+    def load_index(self) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
         def select() -> tuple[list[StoredJob], list[SpilledRow]]:
             db = self._db
             assert db is not None
-            whole: list[int] = []
-            spilled: list[SpilledRow] = []
-            seen: dict[tuple[bytes, int], int] = {}
-            for row in db.execute(_SELECT_INDEX).fetchall():
-                if row[5]:
-                    whole.append(row[0])
-                    continue
-                group = (row[2], row[4])
-                n = seen.get(group, 0)
-                if n < keep:
-                    seen[group] = n + 1
-                    whole.append(row[0])
-                else:
-                    spilled.append(SpilledRow(row[0], row[1], row[2], row[3], row[4]))
-            jobs = self._select(db, whole)
-            jobs.sort()
-            return jobs, spilled
+            # Fast path: the rows come as sqlite3's own tuples, with no
+            # Python code per row (a million rows in about a second).
+            rows = db.execute(_SELECT_INDEX).fetchall()
+            whole = self._select(db, [r[0] for r in db.execute(_SELECT_WHOLE_IDS)])
+            whole.sort()
+            return whole, rows
 
         return self._run(select)
 

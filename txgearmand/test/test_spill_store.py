@@ -12,7 +12,7 @@ from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from txgearmand.interfaces import ISpillStore, SpilledRow
+from txgearmand.interfaces import ISpillStore
 from txgearmand.store.sqlite import SQLiteStore
 from txgearmand.test.test_store import job
 
@@ -43,9 +43,8 @@ class SQLiteSpillTests(TestCase):
 
     async def test_load_index(self) -> None:
         """
-        The first C{keep} queued rows of each function and priority come
-        whole; the others as L{SpilledRow}s, in id order; rows to run later
-        and rows of the failed list are always whole.
+        Rows to run later and rows of the failed list come whole; every
+        other as a record, in id order.
         """
         store = await self.opened()
         rows = [
@@ -53,34 +52,21 @@ class SQLiteSpillTests(TestCase):
             job(2, unique=b"u2"),
             job(3, priority=0),
             job(4, when=99.0),
-            job(5),
-            job(6, function=b"g"),
-            job(7, failed_at=5.0, reason="failed"),
-            job(8, unique=b"u8"),
-            job(9, priority=0),
-            job(10, function=b"g"),
+            job(5, function=b"g"),
+            job(6, failed_at=5.0, reason="failed"),
         ]
         await store.add_many(rows)
-        whole, spilled = await store.load_index(2)
-        self.assertEqual([r.id for r in whole], [1, 2, 3, 4, 6, 7, 9, 10])
-        self.assertEqual(whole[0], rows[0])
+        whole, spilled = await store.load_index()
+        self.assertEqual(whole, [rows[3], rows[5]])
         self.assertEqual(
-            spilled,
+            [tuple(r) for r in spilled],
             [
-                SpilledRow(5, b"H:test:5", b"f", b"", 1),
-                SpilledRow(8, b"H:test:8", b"f", b"u8", 1),
+                (1, b"H:test:1", b"f", b"", 1),
+                (2, b"H:test:2", b"f", b"u2", 1),
+                (3, b"H:test:3", b"f", b"", 0),
+                (5, b"H:test:5", b"g", b"", 1),
             ],
         )
-
-    async def test_load_index_keep_none(self) -> None:
-        """
-        With C{keep} 0 every queued row is a record.
-        """
-        store = await self.opened()
-        await store.add_many([job(i) for i in range(1, 4)])
-        whole, spilled = await store.load_index(0)
-        self.assertEqual(whole, [])
-        self.assertEqual([r.id for r in spilled], [1, 2, 3])
 
     async def test_fetch(self) -> None:
         """
