@@ -18,7 +18,7 @@ from txgearmand.wire import encode_request
 
 
 def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=900)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

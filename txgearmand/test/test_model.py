@@ -1267,6 +1267,41 @@ class JobTableTests(SynchronousTestCase):
         self.assertIsNone(self.table.of_any_unique(b"u"))
         self.assertIsNone(job.coalesce_key)
 
+    def test_unique_index_several_functions(self) -> None:
+        """
+        One unique id under several functions is one job per function (the
+        index keeps a job alone while one function has the id, and a dict
+        by function from the second); removing them in any order leaves
+        the others found, and then nothing.
+        """
+        from txgearmand.records import FunctionQueue
+
+        g = FunctionQueue(b"g")
+        h = FunctionQueue(b"h")
+        jobs = [self.job(b"P:1", b"u"), Job(b"P:2", g, b"u", b"d"), Job(b"P:3", h, b"u", b"d")]
+        for job in jobs:
+            self.table.add(job)
+        self.assertIs(self.table.of_unique(b"f", b"u"), jobs[0])
+        self.assertIs(self.table.of_unique(b"g", b"u"), jobs[1])
+        self.assertIs(self.table.of_unique(b"h", b"u"), jobs[2])
+        self.assertIsNone(self.table.of_unique(b"x", b"u"))
+        self.table.remove(jobs[1])
+        self.assertIsNone(self.table.of_unique(b"g", b"u"))
+        self.assertIs(self.table.of_unique(b"h", b"u"), jobs[2])
+        self.table.remove(jobs[0])
+        self.assertIs(self.table.of_unique(b"h", b"u"), jobs[2])
+        self.assertIsNone(self.table.of_unique(b"f", b"u"))
+        self.assertIs(self.table.of_any_unique(b"u"), jobs[2])
+        self.table.remove(jobs[2])
+        self.assertIsNone(self.table.of_any_unique(b"u"))
+        # A second job of the same function and id takes the first's place.
+        first, second = self.job(b"P:4", b"v"), self.job(b"P:5", b"v")
+        self.table.add(first)
+        self.table.add(second)
+        self.assertIs(self.table.of_unique(b"f", b"v"), second)
+        self.table.remove(first)
+        self.assertIs(self.table.of_unique(b"f", b"v"), second)
+
     def test_payload_index(self) -> None:
         """
         A job with the unique C{-} is found by function and payload until
