@@ -195,6 +195,17 @@ class GearmanCollector:
             value=1 if server.durability.slow else 0,
         )
         yield GaugeMetricFamily(
+            "gearman_jobs_spilled",
+            "Queued jobs whose payload waits in the store only (see --spill-after).",
+            value=len(server.table.spilled),
+        )
+        spill = server.durability.spill
+        yield CounterMetricFamily(
+            "gearman_spill_fetches",
+            "Reads of spilled jobs' payloads back from the store.",
+            value=spill.fetches if spill is not None else 0,
+        )
+        yield GaugeMetricFamily(
             "gearman_store_down",
             "1 while the store cannot be reached (background jobs are refused).",
             value=1 if server.durability.down else 0,

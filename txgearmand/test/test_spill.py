@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 
 from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
@@ -477,3 +477,43 @@ class SpilledRecordTests(SynchronousTestCase):
 
         entry = Spilled(b"H:1", b"u", 1, FunctionQueue(b"f"), 1, None, Spilled.STORED)
         self.assertEqual(repr(entry), "<Spilled b'H:1' state=1>")
+
+
+class SpillSeenTests(SpillTestMixin, SynchronousTestCase):
+    """
+    Spilled jobs are seen in the status snapshot and in the metrics.
+    """
+
+    def test_status(self) -> None:
+        """
+        C{/status.json}'s totals count the spilled jobs among the queued,
+        and apart.
+        """
+        from txgearmand import status
+
+        self.start(spill_after=2)
+        self.submit_many(6)
+        totals = status.snapshot(self.server)["totals"]
+        self.assertEqual((totals["queued"], totals["spilled"]), (6, 4))
+
+    def test_metrics(self) -> None:
+        """
+        C{/metrics} has the spilled jobs and the fetches back.
+        """
+        try:
+            from prometheus_client.parser import text_string_to_metric_families
+        except ImportError:
+            raise SkipTest("prometheus-client is not installed") from None
+        from txgearmand import metrics
+
+        self.start(spill_after=2)
+        self.submit_many(6)
+        self.drain(self.connect().can_do(b"f"), 2)
+        body, _ = metrics.exposition(self.server)
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+        self.assertEqual(values["gearman_jobs_spilled"], 2)
+        self.assertEqual(values["gearman_spill_fetches_total"], 2)
