@@ -800,9 +800,13 @@ def _submit_job_epoch(self: GearmanProtocol, body: bytes) -> None:
 
 
 def _get_status(self: GearmanProtocol, body: bytes) -> None:
-    job = self.server.job_by_handle(body)
+    table = self.server.table
+    job = table.by_handle.get(body)
     if job is None:
-        self.send_packet(_P.STATUS_RES, body, b"0", b"0", b"0", b"0")
+        # A spilled job is queued: answered from its record, which stays
+        # one (a poller of a million handles makes no whole jobs).
+        known = b"1" if body in table.spilled else b"0"
+        self.send_packet(_P.STATUS_RES, body, known, b"0", b"0", b"0")
     else:
         running = b"1" if job.state is _RUNNING else b"0"
         self.send_packet(_P.STATUS_RES, body, b"1", running, job.numerator, job.denominator)
