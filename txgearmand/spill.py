@@ -402,6 +402,10 @@ class Spill:
         self._fetching.discard(key)
         tails = fq.tails
         assert tails is not None
+        if self._stopped:
+            # The store closed under it: the rows are still there for the
+            # next start.
+            return
         for entry in entries:
             if entry.state == _TAKEN:
                 entry.state = _WHOLE

@@ -355,6 +355,22 @@ class SpillTests(SpillTestMixin, SynchronousTestCase):
         got += self.drain(worker, 4)
         self.assertEqual([g[0] for g in got], handles)
 
+    def test_stopped_during_fetch(self) -> None:
+        """
+        A fetch that fails because the server stopped is not an error, and
+        is not tried again.
+        """
+        logs = capture_logs(self)
+        self.store.manual = True
+        self.start(spill_after=2)
+        self.submit_many(5)
+        self.drain(self.connect().can_do(b"f"), 1)
+        ((_, d),) = self.store.fetches
+        self.server.stopService()
+        d.errback(OSError("closed"))
+        self.assertEqual([e for e in logs if e.get("log_failure")], [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_row_gone(self) -> None:
         """
         A spilled job whose row vanished from the store is dropped with a
