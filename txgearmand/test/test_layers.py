@@ -79,6 +79,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.deadletter": MODEL,
     "txgearmand.failures": MODEL,
     "txgearmand.spill": MODEL,
+    "txgearmand.takeover": MODEL,
     "txgearmand.meters": MODEL,
     "txgearmand.access": MODEL,
     # 2: the job server.
