@@ -64,6 +64,9 @@ class GearmanProtocol(Protocol):
 
     log = _log.logger("txgearmand.protocol.GearmanProtocol")
     participant: Participant
+    #: Read by L{txgearmand.fastreactor}: its events skip Twisted's legacy
+    #: log context (the protocol logs with twisted.logger).
+    fastDispatch = True
 
     def __init__(self, server: JobServer) -> None:
         self.server = server

@@ -1,0 +1,87 @@
+# -*- test-case-name: txgearmand.test.test_fastreactor -*-
+"""
+An opt-in epoll reactor that dispatches txgearmand's own connections
+without Twisted's per-event logging context.
+
+Twisted's epoll reactor wraps every readiness event in
+C{log.callWithLogger(selectable, ...)}: it asks the selectable for its log
+prefix, copies the legacy log context dict, pushes it and pops it again.
+That context only names the "system" of lines logged through the legacy
+C{twisted.python.log} while the event is handled; txgearmand logs with
+C{twisted.logger}, which does not read it.  It costs about 2.6 µs per event
+on CPython and 1.4 µs on PyPy, several times per job.
+
+This reactor skips it for connections whose protocol sets
+C{fastDispatch = True} (L{txgearmand.protocol.GearmanProtocol} does);
+every other selectable (listening ports, the status site, clients of
+other protocols) is dispatched exactly as Twisted does.  An exception
+from a fast connection's handler is still logged (by Twisted's
+C{_doReadOrWrite}, which also disconnects it), under the system C{-}.
+
+It is never installed by library code.  Choose it with twistd::
+
+    twistd -r txgearmand-epoll -n gearmand ...
+
+or install it yourself before anything imports C{twisted.internet.reactor}::
+
+    from txgearmand import fastreactor
+    fastreactor.install()
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.python import log
+
+__all__ = ["FastEPollReactor", "install"]
+
+
+class FastEPollReactor(EPollReactor):
+    """
+    C{EPollReactor} that calls a fast connection's handler directly, not
+    through C{log.callWithLogger}.
+    """
+
+    def doPoll(self, timeout: float | None) -> None:
+        """
+        Poll for events and dispatch them.
+        """
+        if timeout is None:
+            timeout = -1
+        try:
+            events = self._poller.poll(timeout, len(self._selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        selectables = self._selectables
+        dispatch = self._doReadOrWrite
+        for fd, event in events:
+            selectable: Any = selectables.get(fd)
+            if selectable is None:
+                continue
+            # Fast path: our connections skip the legacy log context
+            # (2.6 µs per event on CPython); anything else keeps it.
+            if getattr(getattr(selectable, "protocol", None), "fastDispatch", False):
+                try:
+                    dispatch(selectable, fd, event)
+                except BaseException:
+                    # As callWithLogger: _doReadOrWrite logs the handler's
+                    # own errors; this catches a failure to disconnect.
+                    log.err(system="txgearmand-epoll")
+            else:
+                log.callWithLogger(selectable, dispatch, selectable, fd, event)
+
+    doIteration = doPoll
+
+
+def install() -> None:
+    """
+    Install L{FastEPollReactor} as the global reactor.
+    """
+    from twisted.internet.main import installReactor
+
+    installReactor(FastEPollReactor())
