@@ -30,13 +30,15 @@ _UVLOOP = (
 )
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> tuple[float, float, int]:
     """
-    A process's user and system CPU seconds so far.
+    A process's user and system CPU seconds so far, and its minor page
+    faults (each a kernel entry: a steady count per job means memory
+    mapped and unmapped per job).
     """
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK, int(fields[7])
 
 
 def make(kind: str, reactor: str, workdir: Path) -> _process.Server | None:
@@ -74,7 +76,7 @@ def measure(
     Run C{loadgen.foreground} against C{port}; the server's CPU per job
     over the measured window.
     """
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, int]] = []
     t0 = time.time()
 
     def sample() -> None:
@@ -96,6 +98,7 @@ def measure(
         "user_us": user / jobs * 1e6,
         "sys_us": system / jobs * 1e6,
         "cpu_us": (user + system) / jobs * 1e6,
+        "faults": (samples[1][2] - samples[0][2]) / jobs,
     }
 
 
@@ -141,19 +144,19 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((kind, reactor), []).append(m)
                 print(
                     f"round {round_ + 1} {kind:16s} {reactor or '-':16s} "
-                    + " ".join(f"{k}={v:.1f}" for k, v in m.items()),
+                    + " ".join(f"{k}={v:.2f}" for k, v in m.items()),
                     file=sys.stderr,
                     flush=True,
                 )
     print(
         f"{'server':16s} {'reactor':16s} {'jobs/s':>9s} {'user µs':>8s} {'sys µs':>7s}"
-        f" {'cpu µs':>7s}"
+        f" {'cpu µs':>7s} {'faults':>7s}"
     )
     for (kind, reactor), ms in results.items():
         med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
         print(
             f"{kind:16s} {reactor or '-':16s} {med['jobs_per_s']:9.0f} {med['user_us']:8.1f}"
-            f" {med['sys_us']:7.1f} {med['cpu_us']:7.1f}"
+            f" {med['sys_us']:7.1f} {med['cpu_us']:7.1f} {med['faults']:7.2f}"
         )
     return 0
 
