@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -520,10 +521,28 @@ class GearmanProtocol(Protocol):
         job = self._flow.submit(
             self.participant, function, unique, data, priority, background, reducer, when
         )
-        if job.commit_waiters is None:
-            self.send_packet(_JOB_CREATED, job.handle)
-        else:
-            self.reply_when_committed(job)
+        _created(self, job)
+
+
+#: JOB_CREATED's header up to its size field.
+_JOB_CREATED_HEAD = wire.RESPONSE_MAGIC + struct.pack(">I", _JOB_CREATED)
+_pack_size = struct.Struct(">I").pack
+
+
+def _created(self: GearmanProtocol, job: Job) -> None:
+    """
+    Answer a submission: JOB_CREATED now, or once the store commits.
+    """
+    if job.commit_waiters is not None:
+        self.reply_when_committed(job)
+    elif self._held is None and not self.closed:
+        # Fast path: the reply every submission gets, encoded inline and
+        # buffered without the send_packet -> send_raw -> encode calls
+        # (a third of a background submission's calls).
+        handle = job.handle
+        self._emit(_JOB_CREATED_HEAD + _pack_size(len(handle)) + handle)
+    else:
+        self.send_raw(_encode(_JOB_CREATED, job.handle))
 
 
 def _refused(self: GearmanProtocol, ptype: int, error: GearmanError) -> None:
@@ -754,7 +773,12 @@ def _submit_handler(ptype: PacketType, priority: int, background: bool) -> _Hand
         args = body.split(b"\0", 2)
         if len(args) != 3:
             raise _malformed(ptype, 3)
-        self._submit(args[0], args[1], args[2], priority, background)
+        # Fast path: straight to JobFlow.submit with the form's constants,
+        # a call fewer than through GearmanProtocol._submit.
+        _created(
+            self,
+            self._flow.submit(self.participant, args[0], args[1], args[2], priority, background),
+        )
 
     return submit
 
