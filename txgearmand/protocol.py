@@ -233,7 +233,20 @@ class GearmanProtocol(Protocol):
         """
         Send a response packet now, or at the end of the server's batch.
         """
-        self.send_raw(_encode(ptype, *args))
+        if self.closed:
+            return
+        data = _encode(ptype, *args)
+        batch = self._batch
+        if batch.depth and self._held is None:
+            # Fast path (most packets: results relayed while a read is
+            # handled): L{_emit}'s buffering inline, two calls fewer.
+            self._traffic.packets_out += 1
+            out = self._out
+            if not out:
+                batch.mark_dirty(self)
+            out.append(data)
+            return
+        self.send_raw(data)
 
     def send_raw(self, data: bytes) -> None:
         """
@@ -243,6 +256,15 @@ class GearmanProtocol(Protocol):
             return
         if self._held is not None:
             self._held.append(data)
+            return
+        batch = self._batch
+        if batch.depth:
+            # Fast path (JOB_ASSIGN, NO_JOB): L{_emit}'s buffering inline.
+            self._traffic.packets_out += 1
+            out = self._out
+            if not out:
+                batch.mark_dirty(self)
+            out.append(data)
             return
         self._emit(data)
 

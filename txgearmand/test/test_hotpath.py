@@ -5,6 +5,8 @@ Tests for the fast paths of the protocol and the submission flow (issue
 
 from __future__ import annotations
 
+import struct
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand.job import MAX_HANDLE_PREFIX
@@ -71,3 +73,24 @@ class JobCreatedTests(ServerTestMixin, SynchronousTestCase):
         _created(client.protocol, job)
         client.end_turn()
         self.assertEqual(client.transport.value(), b"")
+
+
+class EncodeTests(SynchronousTestCase):
+    """
+    C{wire.encode}'s fast paths for one to three arguments.
+    """
+
+    def test_same_bytes_as_the_general_form(self) -> None:
+        """
+        For any number of arguments, empty ones and NULs in the last one
+        included, the packet is the magic, the type, the body's size and
+        the arguments joined with NULs.
+        """
+        samples = (b"", b"H:x:1", b"fn", b"d\0ata", b"x" * 70000)
+        for n in range(7):
+            for first in samples:
+                for last in samples:
+                    args = (first, *samples[1 : max(0, n - 2) + 1], last)[:n] if n else ()
+                    body = b"\0".join(args)
+                    expected = b"\0RES" + struct.pack(">II", 13, len(body)) + body
+                    self.assertEqual(encode(13, *args), expected, (n, args[:3]))
