@@ -31,12 +31,16 @@ or install it yourself before anything imports C{twisted.internet.reactor}::
 from __future__ import annotations
 
 import errno
+import select
+import sys
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import log
 
 __all__ = ["FastEPollReactor", "install"]
+
+_EPOLLIN = select.EPOLLIN
 
 
 class FastEPollReactor(EPollReactor):
@@ -67,7 +71,20 @@ class FastEPollReactor(EPollReactor):
             # (2.6 µs per event on CPython); anything else keeps it.
             if getattr(getattr(selectable, "protocol", None), "fastDispatch", False):
                 try:
-                    dispatch(selectable, fd, event)
+                    if event == _EPOLLIN:
+                        # Fast path (nearly every event: readable, nothing
+                        # else): _doReadOrWrite's read branch inline, two
+                        # calls fewer (it and its fileno() check; a closed
+                        # socket's recv fails and disconnects as well).
+                        try:
+                            why = selectable.doRead()
+                        except BaseException:
+                            why = sys.exc_info()[1]
+                            log.err()
+                        if why:
+                            self._disconnectSelectable(selectable, why, True)
+                    else:
+                        dispatch(selectable, fd, event)
                 except BaseException:
                     # As callWithLogger: _doReadOrWrite logs the handler's
                     # own errors; this catches a failure to disconnect.

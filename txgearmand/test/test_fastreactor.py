@@ -6,14 +6,21 @@ context, everything else keeps it, and errors are still logged.
 from __future__ import annotations
 
 import errno
+import select
+import socket
+from pathlib import Path
 from typing import Any
 
 from twisted.application.reactors import getReactorTypes
+from twisted.internet import main
 from twisted.python import context, log
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand import fastreactor
 from txgearmand.protocol import GearmanProtocol
+from txgearmand.test import _process
+from txgearmand.wire import RESPONSE_MAGIC, PacketParser, encode_request
+from txgearmand.wire import PacketType as P
 
 
 class _Poller:
@@ -108,14 +115,38 @@ class FastEPollReactorTests(SynchronousTestCase):
     def test_fast_error_logged_and_disconnected(self) -> None:
         """
         A fast connection whose handler raises is logged and disconnected,
-        as with Twisted's reactor.
+        as with Twisted's reactor: on a plain read event (the inline path)
+        and on a read with hang-up (through C{_doReadOrWrite}).
         """
-        fast = _Selectable(100, _Fast(), fail=True)
-        reactor = self.reactor([(100, 1)], fast)
+        for event in (select.EPOLLIN, select.EPOLLIN | select.EPOLLHUP):
+            fast = _Selectable(100, _Fast(), fail=True)
+            reactor = self.reactor([(100, event)], fast)
+            reactor.doPoll(0)
+            self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+            self.assertEqual(len(fast.reads), 1)
+            self.assertEqual(len(fast.lost), 1)
+            self.assertNotIn(100, reactor._selectables)
+
+    def test_fast_read_done(self) -> None:
+        """
+        A fast connection whose read says it is done is disconnected.
+        """
+        fast = _Selectable(100, _Fast())
+        fast.doRead = lambda: main.CONNECTION_DONE  # type: ignore[assignment,method-assign]
+        reactor = self.reactor([(100, select.EPOLLIN)], fast)
         reactor.doPoll(0)
-        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(len(fast.lost), 1)
-        self.assertNotIn(100, reactor._selectables)
+
+    def test_fast_hangup(self) -> None:
+        """
+        A hang-up alone goes through Twisted's C{_doReadOrWrite}: the
+        connection is done, with no read.
+        """
+        fast = _Selectable(100, _Fast())
+        reactor = self.reactor([(100, select.EPOLLHUP)], fast)
+        reactor.doPoll(0)
+        self.assertEqual(fast.reads, [])
+        self.assertEqual(len(fast.lost), 1)
 
     def test_disconnect_failure_logged(self) -> None:
         """
@@ -147,3 +178,45 @@ class FastEPollReactorTests(SynchronousTestCase):
         """
         names = {r.shortName: getattr(r, "moduleName", None) for r in getReactorTypes()}
         self.assertEqual(names.get("txgearmand-epoll"), "txgearmand.fastreactor")
+
+
+class TwistdTests(SynchronousTestCase):
+    """
+    C{twistd -r txgearmand-epoll -n gearmand} serves jobs.
+    """
+
+    def test_job_round_trip(self) -> None:
+        """
+        A client's job reaches a worker and its result comes back, and the
+        log names the reactor.
+        """
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        server = _process.twistd_gearmand(
+            workdir, "--queue=memory", twistd=("--reactor=txgearmand-epoll",)
+        ).start()
+        self.addCleanup(server.stop)
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        worker = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        self.addCleanup(client.close)
+        self.addCleanup(worker.close)
+        worker.sendall(encode_request(P.CAN_DO, b"f"))
+        client.sendall(encode_request(P.SUBMIT_JOB, b"f", b"", b"x" * 100))
+        ptype, handle = _read(client)
+        self.assertEqual(ptype, P.JOB_CREATED)
+        worker.sendall(encode_request(P.GRAB_JOB))
+        self.assertEqual(_read(worker), (P.JOB_ASSIGN, handle + b"\0f\0" + b"x" * 100))
+        worker.sendall(encode_request(P.WORK_COMPLETE, handle, b"done"))
+        self.assertEqual(_read(client), (P.WORK_COMPLETE, handle + b"\0done"))
+        self.assertIn("FastEPollReactor", server.log())
+
+
+def _read(sock: socket.socket) -> tuple[int, bytes]:
+    """
+    One response packet: its type and body.
+    """
+    parser = PacketParser(magic=RESPONSE_MAGIC)
+    while True:
+        messages = parser.feed(sock.recv(65536))
+        if messages:
+            return messages[0]
