@@ -179,7 +179,9 @@ class GearmanProtocol(Protocol):
                 self._incomplete(bool(messages))
         finally:
             batch.depth -= 1
-            if not batch.depth:
+            # Fast path: after the turn's first read, a read costs no call
+            # to hold the batch open.
+            if not batch.depth and not batch.turn_pending:
                 batch.hold_until_next_turn()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -94,3 +94,27 @@ class EncodeTests(SynchronousTestCase):
                     body = b"\0".join(args)
                     expected = b"\0RES" + struct.pack(">II", 13, len(body)) + body
                     self.assertEqual(encode(13, *args), expected, (n, args[:3]))
+
+
+class TurnTests(ServerTestMixin, SynchronousTestCase):
+    """
+    The read path holds the batch open once per reactor turn.
+    """
+
+    def test_reads_in_one_turn_answered_in_one_write(self) -> None:
+        """
+        Several reads in one turn (the first holds the batch open, the
+        others see it held) are answered with one write per connection
+        at the end of the turn, and one timer.
+        """
+        client = self.connect()
+        client.transport.writes = 0
+        for _ in range(3):
+            client.protocol.dataReceived(encode_request(P.ECHO_REQ, b"x"))
+        self.assertTrue(self.server.output.turn_pending)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(client.transport.value(), b"")
+        self.clock.advance(0)
+        self.assertFalse(self.server.output.turn_pending)
+        self.assertEqual(client.transport.writes, 1)
+        self.assertEqual(client.transport.value(), encode(P.ECHO_RES, b"x") * 3)
