@@ -390,6 +390,20 @@ class PacketParser:
         """
         if self.error is not None:
             return []
+        size = len(data)
+        if not self._pending and size >= HEADER_SIZE and data[0] == 0:
+            # Fast path: a read that is exactly one whole packet (what a
+            # client or worker waiting on its reply sends) skips the loop's
+            # set-up.  Anything else, or anything wrong with it, takes the
+            # loop below, which says what is wrong.
+            magic, ptype, length = _unpack_header(data, 0)
+            if (
+                size == HEADER_SIZE + length
+                and magic == self._magic
+                and _MIN_TYPE <= ptype <= _MAX_TYPE
+                and length <= self.max_packet_size
+            ):
+                return [(ptype, data[HEADER_SIZE:])]
         if self._pending:
             self._pending.append(data)
             self.held += len(data)
@@ -403,9 +417,9 @@ class PacketParser:
             data = b"".join(self._pending)
             self._pending = []
             self.held = 0
+            size = len(data)
         out: list[tuple[int, bytes]] = []
         append = out.append
-        size = len(data)
         max_packet = self.max_packet_size
         expected = self._magic
         other = self._other_magic

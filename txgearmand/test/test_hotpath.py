@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from txgearmand.job import MAX_HANDLE_PREFIX
 from txgearmand.protocol import _created
 from txgearmand.test.helpers import ServerTestMixin
+from txgearmand.wire import RESPONSE_PACKET, TEXT_LINE, PacketParser, encode, encode_request
 from txgearmand.wire import PacketType as P
-from txgearmand.wire import encode, encode_request
 
 #: Every plain submission form.
 _FORMS = (
@@ -118,3 +118,84 @@ class TurnTests(ServerTestMixin, SynchronousTestCase):
         self.assertFalse(self.server.output.turn_pending)
         self.assertEqual(client.transport.writes, 1)
         self.assertEqual(client.transport.value(), encode(P.ECHO_RES, b"x") * 3)
+
+
+def _parse_all(chunks: list[bytes], max_packet_size: int = 1000) -> tuple[list[object], object]:
+    parser = PacketParser(max_packet_size)
+    out: list[object] = []
+    for chunk in chunks:
+        out.extend(parser.feed(chunk))
+    error = parser.error
+    return out, (error.code, error.text) if error is not None else None
+
+
+class ParserFastPathTests(SynchronousTestCase):
+    """
+    The parser's one-whole-packet fast path gives what the general loop
+    gives, however the bytes are cut.
+    """
+
+    stream = (
+        encode_request(P.SUBMIT_JOB, b"f", b"u", b"x" * 100)
+        + encode_request(P.GRAB_JOB)
+        + b"status\r\n"
+        + encode(P.ECHO_RES, b"other magic")
+        + encode_request(P.WORK_COMPLETE, b"H:x:1", b"\0done")
+        + encode_request(P.ECHO_REQ, b"x" * 988)
+    )
+
+    def test_split_at_every_byte(self) -> None:
+        """
+        The stream cut in two at every byte, and cut into single bytes,
+        parses to the same messages as in one read.
+        """
+        whole = _parse_all([self.stream])
+        self.assertEqual(len(whole[0]), 6)
+        self.assertIsNone(whole[1])
+        for i in range(len(self.stream) + 1):
+            self.assertEqual(_parse_all([self.stream[:i], self.stream[i:]]), whole, i)
+        self.assertEqual(_parse_all([bytes([b]) for b in self.stream]), whole)
+
+    def test_each_packet_alone(self) -> None:
+        """
+        Each packet read alone (the fast path) parses as in the stream.
+        """
+        packets = [
+            encode_request(P.SUBMIT_JOB, b"f", b"u", b"x" * 100),
+            encode_request(P.GRAB_JOB),
+            encode_request(P.ECHO_REQ, b"x" * 988),
+        ]
+        for packet in packets:
+            self.assertEqual(_parse_all([packet]), _parse_all([packet[:5], packet[5:]]))
+            self.assertEqual(len(_parse_all([packet])[0]), 1)
+        self.assertEqual(_parse_all(packets)[0], _parse_all([b"".join(packets)])[0])
+
+    def test_size_limit_boundary(self) -> None:
+        """
+        A packet alone in a read whose body is exactly the limit is taken;
+        one byte over is refused, as in the loop.
+        """
+        at_limit = encode_request(P.ECHO_REQ, b"x" * 1000)
+        over = encode_request(P.ECHO_REQ, b"x" * 1001)
+        self.assertEqual(_parse_all([at_limit]), ([(P.ECHO_REQ, b"x" * 1000)], None))
+        messages, error = _parse_all([over])
+        self.assertEqual(messages, [])
+        self.assertEqual(error, _parse_all([over + over])[1])
+        self.assertEqual(error[0], b"ARGUMENT_TOO_LARGE")  # type: ignore[index]
+
+    def test_not_for_the_fast_path(self) -> None:
+        """
+        Exactly a header's worth of a bad packet (other magic, a bad type,
+        a bad magic) and a packet's worth of text take the general loop.
+        """
+        other = encode(P.ECHO_RES)
+        self.assertEqual(_parse_all([other]), ([(RESPONSE_PACKET, b"")], None))
+        bad_type = b"\0REQ" + struct.pack(">II", 99, 0)
+        self.assertEqual(
+            _parse_all([bad_type])[1], (b"INVALID_COMMAND", b"Invalid command expected")
+        )
+        bad_magic = b"\0XYZ" + struct.pack(">II", 1, 0)
+        self.assertEqual(_parse_all([bad_magic])[1], (b"INVALID_MAGIC", b"Request magic expected"))
+        self.assertEqual(_parse_all([b"workers\n\0\0\0\0"])[0], [(TEXT_LINE, b"workers")])
+        short = encode_request(P.ECHO_REQ, b"abc")
+        self.assertEqual(_parse_all([short[:-1], short[-1:]])[0], [(P.ECHO_REQ, b"abc")])
