@@ -561,10 +561,19 @@ def _created(self: GearmanProtocol, job: Job) -> None:
         self.reply_when_committed(job)
     elif self._held is None and not self.closed:
         # Fast path: the reply every submission gets, encoded inline and
-        # buffered without the send_packet -> send_raw -> encode calls
-        # (a third of a background submission's calls).
+        # buffered without the send_packet -> send_raw -> encode -> _emit
+        # calls (a third of a background submission's calls).
         handle = job.handle
-        self._emit(_JOB_CREATED_HEAD + _pack_size(len(handle)) + handle)
+        data = _JOB_CREATED_HEAD + _pack_size(len(handle)) + handle
+        batch = self._batch
+        if not batch.depth:
+            self._emit(data)
+            return
+        self._traffic.packets_out += 1
+        out = self._out
+        if not out:
+            batch.mark_dirty(self)
+        out.append(data)
     else:
         self.send_raw(_encode(_JOB_CREATED, job.handle))
 

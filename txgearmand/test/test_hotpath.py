@@ -62,6 +62,18 @@ class JobCreatedTests(ServerTestMixin, SynchronousTestCase):
         worker.send(P.GRAB_JOB)
         self.assertEqual(worker.packets()[0][1][0], b"H:test:3")
 
+    def test_outside_a_batch(self) -> None:
+        """
+        A submission made outside any read (an in-process caller) is
+        answered at once, with the same bytes.
+        """
+        client = self.connect()
+        client.transport.clear()
+        job = self.server.flow.submit(client.participant, b"f", b"", b"x")
+        self.assertEqual(self.server.output.depth, 0)
+        _created(client.protocol, job)
+        self.assertEqual(client.transport.value(), encode(P.JOB_CREATED, job.handle))
+
     def test_closed(self) -> None:
         """
         A connection closed before its reply is sent is sent nothing.
