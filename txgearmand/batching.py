@@ -47,7 +47,7 @@ class OutputBatch:
     @ivar before_flush: called at the start of each flush.
     """
 
-    __slots__ = ("_clock", "_dirty", "before_flush", "depth", "turn_pending")
+    __slots__ = ("_after_events", "_clock", "_dirty", "before_flush", "depth", "turn_pending")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
@@ -55,6 +55,11 @@ class OutputBatch:
         self._dirty: list[Flushable] = []
         self.turn_pending = False
         self.before_flush: Callable[[], None] = _nothing
+        #: The reactor's hook to run a call after the current poll's events
+        #: (L{txgearmand.fastreactor}), if it has one.
+        self._after_events: Callable[[Callable[[], None]], bool] | None = getattr(
+            clock, "txgearmandAfterEvents", None
+        )
 
     def __enter__(self) -> None:
         self.depth += 1
@@ -79,7 +84,12 @@ class OutputBatch:
         if not self.turn_pending:
             self.turn_pending = True
             self.depth += 1
-            self._clock.callLater(0, self._end_of_turn)
+            after = self._after_events
+            # Fast path: under txgearmand.fastreactor, the turn ends after
+            # the poll's events without a DelayedCall (2.6 µs a turn on
+            # CPython); elsewhere, or outside an event, callLater(0).
+            if after is None or not after(self._end_of_turn):
+                self._clock.callLater(0, self._end_of_turn)
 
     def _end_of_turn(self) -> None:
         self.turn_pending = False

@@ -17,6 +17,7 @@ from twisted.python import context, log
 from twisted.trial.unittest import SynchronousTestCase
 
 from txgearmand import fastreactor
+from txgearmand.batching import OutputBatch
 from txgearmand.protocol import GearmanProtocol
 from txgearmand.test import _process
 from txgearmand.wire import RESPONSE_MAGIC, PacketParser, encode_request
@@ -161,6 +162,49 @@ class FastEPollReactorTests(SynchronousTestCase):
         reactor = self.reactor([(100, 1)], fast)
         reactor.doPoll(0)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+
+    def test_after_events(self) -> None:
+        """
+        What a handler asks for with C{txgearmandAfterEvents} runs once
+        every event of the poll is dispatched; an error in one is logged
+        and the others still run; outside the dispatch it is refused.
+        """
+        calls: list[str] = []
+        first = _Selectable(100, _Fast())
+        second = _Selectable(101, _Slow())
+        reactor = self.reactor([(100, select.EPOLLIN), (101, select.EPOLLIN)], first, second)
+
+        def read_first() -> None:
+            calls.append("read 100")
+            self.assertTrue(reactor.txgearmandAfterEvents(lambda: 1 / 0))
+            self.assertTrue(reactor.txgearmandAfterEvents(lambda: calls.append("after")))
+
+        first.doRead = read_first  # type: ignore[method-assign]
+        second.doRead = lambda: calls.append("read 101")  # type: ignore[assignment,method-assign]
+        self.assertFalse(reactor.txgearmandAfterEvents(lambda: calls.append("never")))
+        reactor.doPoll(0)
+        self.assertEqual(calls, ["read 100", "read 101", "after"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        reactor.doPoll(0)
+        self.assertEqual(calls, ["read 100", "read 101", "after"])
+
+    def test_batch_turn_without_timer(self) -> None:
+        """
+        An L{OutputBatch} on this reactor ends a turn held during events
+        after them, with no timer; held outside events, with C{callLater}.
+        """
+        fast = _Selectable(100, _Fast())
+        reactor = self.reactor([(100, select.EPOLLIN)], fast)
+        batch = OutputBatch(reactor)
+        flushed: list[int] = []
+        batch.before_flush = lambda: flushed.append(batch.depth)
+        fast.doRead = batch.hold_until_next_turn  # type: ignore[assignment,method-assign]
+        reactor.doPoll(0)
+        self.assertEqual(flushed, [0])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        batch.hold_until_next_turn()
+        (call,) = reactor.getDelayedCalls()
+        call.cancel()
 
     def test_eintr(self) -> None:
         """
