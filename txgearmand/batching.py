@@ -42,17 +42,24 @@ class OutputBatch:
     path touches L{depth} directly, which saves a call per read.
 
     @ivar depth: how many batches are open.
+    @ivar turn_pending: a batch is held open until the next reactor turn
+        (the read path reads it to skip a call when one is).
     @ivar before_flush: called at the start of each flush.
     """
 
-    __slots__ = ("_clock", "_dirty", "_turn_pending", "before_flush", "depth")
+    __slots__ = ("_after_events", "_clock", "_dirty", "before_flush", "depth", "turn_pending")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self.depth = 0
         self._dirty: list[Flushable] = []
-        self._turn_pending = False
+        self.turn_pending = False
         self.before_flush: Callable[[], None] = _nothing
+        #: The reactor's hook to run a call after the current poll's events
+        #: (L{txgearmand.fastreactor}), if it has one.
+        self._after_events: Callable[[Callable[[], None]], bool] | None = getattr(
+            clock, "txgearmandAfterEvents", None
+        )
 
     def __enter__(self) -> None:
         self.depth += 1
@@ -74,13 +81,18 @@ class OutputBatch:
         connections read in one turn is answered once per peer, however
         many reads caused output for it.
         """
-        if not self._turn_pending:
-            self._turn_pending = True
+        if not self.turn_pending:
+            self.turn_pending = True
             self.depth += 1
-            self._clock.callLater(0, self._end_of_turn)
+            after = self._after_events
+            # Fast path: under txgearmand.fastreactor, the turn ends after
+            # the poll's events without a DelayedCall (2.6 µs a turn on
+            # CPython); elsewhere, or outside an event, callLater(0).
+            if after is None or not after(self._end_of_turn):
+                self._clock.callLater(0, self._end_of_turn)
 
     def _end_of_turn(self) -> None:
-        self._turn_pending = False
+        self.turn_pending = False
         self.depth -= 1
         if not self.depth:
             self.flush()

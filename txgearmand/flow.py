@@ -215,14 +215,20 @@ class JobFlow(FailurePolicy):
             job.listeners = [client]
             client.listening[job] = None
         if client is not None:
-            self._submitted(client)
+            # Fast path: _submitted inline (a call per submission).
+            client.jobs_submitted += 1
+            if not client.roles & CLIENT:
+                _new_role(self, client, CLIENT)
         # Fast path: a disabled DEBUG level costs one attribute read.
         if _log.debugging:
             _debug_submit(self, job, client, len(data), background, "submitted")
         if when is not None and when > self.reactor.seconds():
             self.schedule.add(job)
         else:
-            self.enqueue(job)
+            # Fast path: enqueue inline (a call per submission).
+            fq.push(job)
+            if fq.sleepers:
+                self.workers.wake_up(fq)
         return job
 
     def _submitted(self, client: Participant) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -70,6 +71,9 @@ class GearmanProtocol(Protocol):
 
     log = _log.logger("txgearmand.protocol.GearmanProtocol")
     participant: Participant
+    #: Read by L{txgearmand.fastreactor}: its events skip Twisted's legacy
+    #: log context (the protocol logs with twisted.logger).
+    fastDispatch = True
 
     def __init__(self, server: JobServer) -> None:
         self.server = server
@@ -184,7 +188,9 @@ class GearmanProtocol(Protocol):
                 self._incomplete(bool(messages))
         finally:
             batch.depth -= 1
-            if not batch.depth:
+            # Fast path: after the turn's first read, a read costs no call
+            # to hold the batch open.
+            if not batch.depth and not batch.turn_pending:
                 batch.hold_until_next_turn()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -243,7 +249,20 @@ class GearmanProtocol(Protocol):
         """
         Send a response packet now, or at the end of the server's batch.
         """
-        self.send_raw(_encode(ptype, *args))
+        if self.closed:
+            return
+        data = _encode(ptype, *args)
+        batch = self._batch
+        if batch.depth and self._held is None:
+            # Fast path (most packets: results relayed while a read is
+            # handled): L{_emit}'s buffering inline, two calls fewer.
+            self._traffic.packets_out += 1
+            out = self._out
+            if not out:
+                batch.mark_dirty(self)
+            out.append(data)
+            return
+        self.send_raw(data)
 
     def send_raw(self, data: bytes) -> None:
         """
@@ -253,6 +272,15 @@ class GearmanProtocol(Protocol):
             return
         if self._held is not None:
             self._held.append(data)
+            return
+        batch = self._batch
+        if batch.depth:
+            # Fast path (JOB_ASSIGN, NO_JOB): L{_emit}'s buffering inline.
+            self._traffic.packets_out += 1
+            out = self._out
+            if not out:
+                batch.mark_dirty(self)
+            out.append(data)
             return
         self._emit(data)
 
@@ -543,10 +571,37 @@ class GearmanProtocol(Protocol):
         job = self._flow.submit(
             self.participant, function, unique, data, priority, background, reducer, when
         )
-        if job.commit_waiters is None:
-            self.send_packet(_JOB_CREATED, job.handle)
-        else:
-            self.reply_when_committed(job)
+        _created(self, job)
+
+
+#: JOB_CREATED's header up to its size field.
+_JOB_CREATED_HEAD = wire.RESPONSE_MAGIC + struct.pack(">I", _JOB_CREATED)
+_pack_size = struct.Struct(">I").pack
+
+
+def _created(self: GearmanProtocol, job: Job) -> None:
+    """
+    Answer a submission: JOB_CREATED now, or once the store commits.
+    """
+    if job.commit_waiters is not None:
+        self.reply_when_committed(job)
+    elif self._held is None and not self.closed:
+        # Fast path: the reply every submission gets, encoded inline and
+        # buffered without the send_packet -> send_raw -> encode -> _emit
+        # calls (a third of a background submission's calls).
+        handle = job.handle
+        data = _JOB_CREATED_HEAD + _pack_size(len(handle)) + handle
+        batch = self._batch
+        if not batch.depth:
+            self._emit(data)
+            return
+        self._traffic.packets_out += 1
+        out = self._out
+        if not out:
+            batch.mark_dirty(self)
+        out.append(data)
+    else:
+        self.send_raw(_encode(_JOB_CREATED, job.handle))
 
 
 def _refused(self: GearmanProtocol, ptype: int, error: GearmanError) -> None:
@@ -777,7 +832,12 @@ def _submit_handler(ptype: PacketType, priority: int, background: bool) -> _Hand
         args = body.split(b"\0", 2)
         if len(args) != 3:
             raise _malformed(ptype, 3)
-        self._submit(args[0], args[1], args[2], priority, background)
+        # Fast path: straight to JobFlow.submit with the form's constants,
+        # a call fewer than through GearmanProtocol._submit.
+        _created(
+            self,
+            self._flow.submit(self.participant, args[0], args[1], args[2], priority, background),
+        )
 
     return submit
 

@@ -57,6 +57,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand._version": LEAVES,
     "txgearmand._socketpair": LEAVES,
     "txgearmand._direct": LEAVES,
+    "txgearmand.fastreactor": LEAVES,
     "txgearmand._host": LEAVES,
     "txgearmand.jsonlog": LEAVES,
     "txgearmand.endpoints": LEAVES,
