@@ -225,9 +225,10 @@ class JobFlow(FailurePolicy):
         if when is not None and when > self.reactor.seconds():
             self.schedule.add(job)
         else:
-            # Fast path: enqueue inline (a call per submission).
+            # Fast path: enqueue inline (a call per submission); a job
+            # that went to the spilled tail wakes nobody (see enqueue).
             fq.push(job)
-            if fq.sleepers:
+            if fq.sleepers and fq.ready[priority]:
                 self.workers.wake_up(fq)
         return job
 
