@@ -173,6 +173,24 @@ class SpillTests(SpillTestMixin, SynchronousTestCase):
             worker.send(P.WORK_COMPLETE, packet[1][0], b"")
         self.assertEqual([g[0] for g in got], handles)
 
+    def test_no_wake_for_tail(self) -> None:
+        """
+        A job submitted to the spilled tail does not wake a sleeping worker
+        (a grab would not find it); the fetch coming back does.
+        """
+        self.store.manual = True
+        self.start(spill_after=2)
+        self.submit_many(4)
+        worker = self.connect().can_do(b"f")
+        self.drain(worker, 2)
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        worker.send(P.PRE_SLEEP)
+        self.submit_many(1, tag=b"more")
+        self.assertEqual(worker.packets(), [])
+        self.store.answer()
+        self.clock.advance(0)
+        self.assertEqual(worker.packets(), [(P.NOOP, ())])
+
     def test_pushed_during_fetch_keeps_order(self) -> None:
         """
         Jobs submitted while a fetch runs queue behind the fetched ones.
