@@ -89,11 +89,18 @@ def make_server(kind: str, workdir: Path) -> _process.Server | None:
     d.mkdir()
     if kind == "txgearmand":
         return _process.twistd_gearmand(d, "--queue=memory", "--verbose=ERROR")
-    if kind == "txgearmand-pypy":
+    if kind == "txgearmand-fast":
+        return _process.twistd_gearmand(
+            d, "--queue=memory", "--verbose=ERROR", twistd=("-r", "txgearmand-epoll")
+        )
+    if kind in ("txgearmand-pypy", "txgearmand-pypy-fast"):
         python = pypy_python()
         if python is None:
             return None
-        return _process.twistd_gearmand(d, "--queue=memory", "--verbose=ERROR", python=python)
+        reactor = ("-r", "txgearmand-epoll") if kind.endswith("-fast") else ()
+        return _process.twistd_gearmand(
+            d, "--queue=memory", "--verbose=ERROR", python=python, twistd=reactor
+        )
     if kind == "c-t1":
         return _process.c_gearmand(d, "--threads=1")
     if kind == "c":
@@ -116,6 +123,8 @@ def make_server(kind: str, workdir: Path) -> _process.Server | None:
 SERVER_NAMES = {
     "txgearmand": "txgearmand (CPython)",
     "txgearmand-pypy": "txgearmand (PyPy)",
+    "txgearmand-fast": "CPython, txgearmand-epoll",
+    "txgearmand-pypy-fast": "PyPy, txgearmand-epoll",
     "c-t1": "C gearmand -t 1",
     "c": "C gearmand (4 threads)",
     "perl": "Perl gearmand",
@@ -384,7 +393,7 @@ def report(
     )
     for kind, why in skipped.items():
         print(f"  {SERVER_NAMES[kind]}: skipped ({why})")
-    width = 14
+    width = 16
     header = f"{'scenario / metric':42s}" + "".join(
         f"{SERVER_NAMES[k][:width]:>{width + 2}s}" for k in kinds
     )
@@ -414,7 +423,11 @@ def report(
         "\nRatios txgearmand / peer (higher is better for rates; lower for ms, MiB, "
         "NOOPs and CPU us per job):"
     )
-    ours = [k for k in ("txgearmand", "txgearmand-pypy") if k in kinds]
+    ours = [
+        k
+        for k in ("txgearmand", "txgearmand-pypy", "txgearmand-fast", "txgearmand-pypy-fast")
+        if k in kinds
+    ]
     peers = [k for k in kinds if k not in ours]
     for name, metric in rows:
         for mine in ours:
