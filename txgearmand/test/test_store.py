@@ -7,6 +7,7 @@ commit writer.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from txgearmand.interfaces import IJobStore, StoredJob
-from txgearmand.store import MemoryStore, _pgdriver, check_store_url, store_from_url
+from txgearmand.store import MemoryStore, _pgdriver, check_store_url, sqlite, store_from_url
 from txgearmand.store._batch import Batch, BatchWriter
 from txgearmand.store.postgresql import PostgreSQLStore
 from txgearmand.store.sqlite import SQLiteStore
@@ -264,6 +265,51 @@ class SQLiteStoreTests(_JobStoreContractMixin, TestCase):
         assert isinstance(store, SQLiteStore)
         mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
         self.assertEqual(mode, "wal")
+
+    async def test_new_jobs_fast_path(self) -> None:
+        """
+        New jobs (the fast path: seven columns bound, the rest defaults,
+        statements of a power of two rows; on CPython the blobs bound as
+        one and cut apart by SQLite) are written whole, empty and binary
+        blobs too, in chunks and padded, and a row they replace loses its
+        old fields; so are new jobs with jobs of other shapes in one batch.
+        """
+        self.patch(sqlite, "_NEW_ROWS", 4)
+        store = await self.opened()
+        await store.add_many([job(1, attempts=2, when=5.5, failed_at=7.0, reason="x")])
+        new = [
+            job(i, unique=b"u%d" % i, priority=i % 3, reducer=b"r" * (i % 2)) for i in range(1, 11)
+        ]
+        new.append(job(11, handle=b"\x00", function=b"\xff\x00", payload=b"", reducer=b"\x00\xfe"))
+        others = [
+            job(20, when=1234.5),
+            job(21, attempts=1, first_failed=3.25),
+            job(22, failed_at=9.5, reason="exception: \u00e9"),
+        ]
+        await store.add_many(new[:7])
+        self.assertEqual(await store.load(), new[:7])
+        await store.add_many([*new[7:9], *others, *new[9:]])
+        self.assertEqual(await store.load(), [*new, *others])
+
+    def test_new_rows_values(self) -> None:
+        """
+        The values of a chunk of new jobs are padded with copies of its
+        last row to a power of two rows.  On CPython a row's blobs are one
+        bytearray (sqlite3 binds it without its adaptation lookup) and the
+        offsets where the first four end; on PyPy the blobs are bound as
+        they are.
+        """
+        jobs = [job(i) for i in (1, 2, 3)]
+        values = sqlite._new_rows_values(jobs)
+        rows = [tuple(values[k : k + 7]) for k in range(0, len(values), 7)]
+        self.assertEqual(len(rows), 4)
+        self.assertEqual(rows[3], rows[2])
+        self.assertEqual(len(sqlite._new_rows_values(jobs[:2])), 14)
+        if sys.implementation.name == "cpython":
+            self.assertEqual(rows[0], (1, 1, b"H:test:1fpayload 1", 8, 9, 9, 18))
+            self.assertIs(type(rows[0][2]), bytearray)
+        else:
+            self.assertEqual(rows[0], (1, 1, b"H:test:1", b"f", b"", b"payload 1", b""))
 
     async def test_open_fails_clearly(self) -> None:
         """
