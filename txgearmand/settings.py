@@ -153,7 +153,7 @@ class Settings:
         as without it.
     @ivar failed_max_age: seconds a job stays in the failed list at most
         (C{0}: no age limit).
-    @ivar spill_after: with a store that can give payloads back (SQLite),
+    @ivar spill_after: with a store that can give payloads back (SQLite, PostgreSQL),
         queued background jobs beyond this many per function and priority
         keep only a small record in memory, their payload in the store
         (see L{txgearmand.spill}); C{0}: every queued job is whole in

@@ -21,7 +21,7 @@ from txgearmand.deadletter import FailedJob, FailedList
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import Adoption, IJobStore, ISharedJobStore, StoredJob, StoreUnavailable
 from txgearmand.job import JobTable
-from txgearmand.records import Job, JobState
+from txgearmand.records import Job, JobState, Spilled
 from txgearmand.schedule import Schedule
 from txgearmand.wire import PacketType
 
@@ -148,7 +148,9 @@ class SharedStore:
             if failed is not None
             else []
         )
-        if not lost and not lost_failed and self._taken_over:
+        # Spilled jobs (records only) are lost as well.
+        lost_spilled = [e for e in table.spilled.values() if e.store_id not in kept]
+        if not lost and not lost_failed and not lost_spilled and self._taken_over:
             # Again, with nothing more to drop (two servers under one
             # node name: the store says so).
             return
@@ -157,6 +159,11 @@ class SharedStore:
             # Their rows are the adopter's now, and its failed list's.
             for entry in lost_failed:
                 failed.take(entry.handle)
+        for record in lost_spilled:
+            # Skipped when its turn in the tail comes (or its fetch ends).
+            record.state = Spilled.GONE
+            record.queue.queued[record.priority] -= 1
+            table.remove_spilled(record)
         for job in lost:
             job.store_id = None
             if job.state is _RUNNING:
@@ -172,7 +179,7 @@ class SharedStore:
             "This server (node {node}) was taken over: another server adopted its stored"
             " jobs while it seemed dead; {n} jobs dropped here (they run there), {kept} kept",
             node=getattr(self.store, "node", "?"),
-            n=len(lost) + len(lost_failed),
+            n=len(lost) + len(lost_failed) + len(lost_spilled),
             kept=len(kept),
         )
 

@@ -299,7 +299,7 @@ class GearmandOptions(usage.Options):
             "spill-after",
             None,
             1000,
-            "With a store that can give payloads back (SQLite), queued background "
+            "With a store (SQLite or PostgreSQL), queued background "
             "jobs beyond this many per function and priority keep only a record of "
             "about 300 bytes in memory, their payload in the store, fetched back "
             "ahead of the workers: queues bigger than memory. 0: never.",

@@ -78,14 +78,21 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txgearmand import _log
-from txgearmand.interfaces import Adoption, ISharedJobStore, StoredJob, StoreUnavailable
+from txgearmand.interfaces import (
+    Adoption,
+    ISharedJobStore,
+    ISpillStore,
+    SpilledRow,
+    StoredJob,
+    StoreUnavailable,
+)
 from txgearmand.store import _cqueue, _pgdriver
 from txgearmand.store._batch import Batch, ThreadedStore
 
@@ -355,7 +362,7 @@ def check_postgresql(conninfo: str, table: str = "txgearmand_jobs") -> None:
     _connect(conninfo, table).close()
 
 
-@implementer(ISharedJobStore)
+@implementer(ISharedJobStore, ISpillStore)
 class PostgreSQLStore(ThreadedStore):
     """
     An L{IJobStore} in a PostgreSQL table (default C{txgearmand_jobs}).
@@ -512,6 +519,51 @@ class PostgreSQLStore(ThreadedStore):
             self._conn.execute(
                 f"UPDATE {self.table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",
                 (self.node, self.epoch),
+            )
+            return [StoredJob(*row) for row in rows]
+
+        return self._run(select)
+
+    def load_index(self) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+        def select() -> tuple[list[StoredJob], list[SpilledRow]]:
+            conn = self._connection()
+            owned = (self.node, self.epoch)
+            rows = conn.execute(
+                f"SELECT id, handle, function, uniq, priority FROM {self.table}"
+                " WHERE owner = %s AND epoch = %s AND when_to_run IS NULL AND failed_at IS NULL"
+                " ORDER BY id",
+                owned,
+            ).fetchall()
+            whole = conn.execute(
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE owner = %s AND epoch = %s"
+                " AND (when_to_run IS NOT NULL OR failed_at IS NOT NULL) ORDER BY id",
+                owned,
+            ).fetchall()
+            # As in load: a heartbeat after what may take a while.
+            conn.execute(
+                f"UPDATE {self.table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",
+                owned,
+            )
+            # The rows as the driver gives them (tuples, or pg8000's lists):
+            # a million are unpacked once each at replay.
+            return [StoredJob(*row) for row in whole], rows
+
+        return self._run(select)
+
+    def fetch(self, job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:
+        ids = list(job_ids)
+
+        def select() -> list[StoredJob]:
+            # Only this node's rows at its epoch: a row another node adopted
+            # is not fetched (the job is dropped here; it runs there).
+            rows = (
+                self._connection()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM {self.table}"
+                    " WHERE owner = %s AND epoch = %s AND id = ANY(%s)",
+                    (self.node, self.epoch, ids),
+                )
+                .fetchall()
             )
             return [StoredJob(*row) for row in rows]
 

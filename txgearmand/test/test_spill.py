@@ -551,3 +551,52 @@ class SpillSeenTests(SpillTestMixin, SynchronousTestCase):
         }
         self.assertEqual(values["gearman_jobs_spilled"], 2)
         self.assertEqual(values["gearman_spill_fetches_total"], 2)
+
+
+class SpillTakeoverTests(SynchronousTestCase):
+    """
+    With a shared store, spilled jobs another server adopted are dropped
+    here, as whole ones are.
+    """
+
+    def test_taken_over(self) -> None:
+        """
+        Taken over, the server forgets the spilled jobs not kept (they run
+        on the adopter) and keeps the kept ones, in order; the store's rows
+        stay.
+        """
+        from twisted.internet.task import Clock
+
+        from txgearmand.interfaces import Adoption, ISharedJobStore
+        from txgearmand.server import JobServer
+        from txgearmand.test.helpers import FakeConnection
+        from txgearmand.test.test_shared_store import FakeSharedStore
+
+        @implementer(ISharedJobStore, ISpillStore)
+        class Both(FakeSharedStore, SpillStore):
+            def __init__(self) -> None:
+                FakeSharedStore.__init__(self)
+                SpillStore.__init__(self)
+
+        store = Both()
+        clock = Clock()
+        server = JobServer(clock, store=store, job_handle_prefix=b"H:me", spill_after=2)
+        server.startService()
+        client = FakeConnection(server)
+        handles = [client.submit(b"f", b"%d" % i, ptype=P.SUBMIT_JOB_BG) for i in range(6)]
+        self.assertEqual(len(server.table.spilled), 4)
+        # Kept: the first (whole) and the fifth (spilled).
+        store.adoptions.append(Adoption([], [1, 5]))
+        clock.advance(1)
+        self.assertEqual(len(server.table), 2)
+        self.assertEqual(server.registry.get(b"f").queued, [0, 2, 0])  # type: ignore[union-attr]
+        self.assertEqual(len(store.jobs), 6)
+        worker = FakeConnection(server).can_do(b"f")
+        got = []
+        for _ in range(2):
+            packet = worker.grab()
+            got.append(packet[1][0])
+            worker.send(P.WORK_COMPLETE, packet[1][0], b"")
+        self.assertEqual(got, [handles[0], handles[4]])
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        self.assertEqual(server.table.held_bytes, 0)

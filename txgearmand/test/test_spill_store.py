@@ -14,6 +14,7 @@ from zope.interface.verify import verifyObject
 
 from txgearmand.interfaces import ISpillStore
 from txgearmand.store.sqlite import SQLiteStore
+from txgearmand.test.test_shared_store import _SharedTestsMixin
 from txgearmand.test.test_store import job
 
 reactor: Any = _reactor
@@ -79,3 +80,56 @@ class SQLiteSpillTests(TestCase):
         await store.remove_many([2])
         found = await store.fetch([4, 2, 1, 9999, *range(10, 4001)])
         self.assertEqual(sorted(found), sorted([rows[0], rows[3], *rows[9:4000]]))
+
+
+class PostgreSQLSpillTests(_SharedTestsMixin):
+    """
+    L{PostgreSQLStore} as an L{ISpillStore}: each node indexes and fetches
+    only its own rows, at its epoch (through psycopg 3; a pg8000 twin
+    follows).
+    """
+
+    async def test_interface(self) -> None:
+        """
+        The PostgreSQL store provides L{ISpillStore}.
+        """
+        store = await self.node("a")
+        self.assertTrue(verifyObject(ISpillStore, store))
+
+    async def test_own_rows(self) -> None:
+        """
+        C{load_index} gives this node's queued rows as records and its
+        later and failed rows whole; C{fetch} gives only its own rows.
+        """
+        a = await self.node("a")
+        b = await self.node("b")
+        rows = [job(1), job(2, unique=b"u2", priority=0), job(3, when=99.0)]
+        await a.add_many(rows)
+        await b.add_many([job(1, function=b"g"), job(4, function=b"g")])
+        whole, spilled = await a.load_index()
+        self.assertEqual(whole, [rows[2]])
+        self.assertEqual(
+            [tuple(r) for r in spilled],
+            [(1, b"H:test:1", b"f", b"", 1), (2, b"H:test:2", b"f", b"u2", 0)],
+        )
+        self.assertEqual(sorted(await a.fetch([1, 2, 4])), rows[:2])
+        self.assertEqual(await b.fetch([1, 2, 4]), [job(1, function=b"g"), job(4, function=b"g")])
+
+    async def test_fetch_fenced(self) -> None:
+        """
+        A row adopted by another node (or reclaimed by a later start of this
+        one) is no longer fetched under the old epoch.
+        """
+        a = await self.node("a")
+        await a.add_many([job(1)])
+        again = await self.node("a")
+        self.assertEqual(await again.fetch([1]), [job(1)])
+        self.assertEqual(await a.fetch([1]), [])
+
+
+class PG8000PostgreSQLSpillTests(PostgreSQLSpillTests):
+    """
+    The same through pg8000.
+    """
+
+    driver = "pg8000"
