@@ -200,8 +200,9 @@ class ISpillStore(IJobStore):
     def load_index() -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
         """
         Every stored job, as L{IJobStore.load}, but without the payloads of
-        the queued ones: the jobs to run at a later time and the jobs of the
-        failed list whole, every other one as a L{SpilledRow}.
+        the queued ones: the jobs to run at a later time, the jobs of the
+        failed list and the jobs with the unique C{-} (they coalesce on
+        their payload) whole, every other one as a L{SpilledRow}.
 
         @return: a Deferred firing with the whole jobs and the rows, each in
             id order.

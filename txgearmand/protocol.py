@@ -316,6 +316,7 @@ class GearmanProtocol(Protocol):
             self._commit_paused = True
             if self.transport is not None:
                 self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self._guard.forget_stall(self)
 
         def committed(failure: Failure | None) -> None:
             self._uncommitted -= 1
@@ -323,6 +324,9 @@ class GearmanProtocol(Protocol):
                 self._commit_paused = False
                 if self.transport is not None and not self.closed and not self.paused:
                     self.transport.resumeProducing()  # type: ignore[attr-defined]
+                    timeout = self._settings.read_timeout
+                    if self._reserved and timeout:
+                        self._guard.watch_stall(self, self.server.reactor.seconds() + timeout)
             if failure is None:
                 slot[0] = _encode(_JOB_CREATED, handle)
             else:
@@ -426,7 +430,11 @@ class GearmanProtocol(Protocol):
             guard.forget_stall(self)
             return
         timeout = self._settings.read_timeout
-        if timeout and (in_body or completed or not old):
+        if self.paused or self._commit_paused:
+            # Not read from now: what it sent incomplete is not its stall
+            # (watched again when reading resumes).
+            guard.forget_stall(self)
+        elif timeout and (in_body or completed or not old):
             # A header or a line must be whole within the timeout of its
             # first byte; a body must not go that long without a byte.
             guard.watch_stall(self, self.server.reactor.seconds() + timeout)

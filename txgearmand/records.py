@@ -404,12 +404,17 @@ class FunctionQueue:
             entry.job = None
             entry.state = Spilled.GONE
             return
-        self.ready[p] -= 1
+        ready = self.ready[p] - 1
+        self.ready[p] = ready
         self._dead[p] += 1
         dead = self._dead[p]
-        if dead > _COMPACT_THRESHOLD and dead > self.ready[p]:
+        if dead > _COMPACT_THRESHOLD and dead > ready:
             self.queues[p] = deque(j for j in self.queues[p] if j.state is _QUEUED)
             self._dead[p] = 0
+        if self.queued[p] > ready and ready < self.spill_at:
+            # Ready jobs ended without a grab (cancelled, their clients
+            # left): the spilled ones behind them must come forward.
+            self.spill.refill(self, p)
 
     def cancel_wake_timer(self) -> None:
         """

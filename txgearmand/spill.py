@@ -39,6 +39,7 @@ from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
 from txgearmand.job import SPILLED_COST, JobTable
 from txgearmand.records import FunctionQueue, Job, JobState, Spilled
+from txgearmand.wire import PacketType
 
 __all__ = ["Spill", "spillable"]
 
@@ -56,6 +57,7 @@ _WHOLE = Spilled.WHOLE
 _STORED = Spilled.STORED
 _PROMOTED = Spilled.PROMOTED
 _GONE = Spilled.GONE
+_WORK_FAIL = PacketType.WORK_FAIL
 #: A whole job taken from its tail with a fetch, on its way to the ready
 #: deque: it no longer spills when committed.
 _TAKEN = 4
@@ -389,6 +391,9 @@ class Spill:
         if entry.state == _PROMOTED and entry.job is not None:
             job = entry.job
             job.store_id = None
+            if job.listeners:
+                # Foreground submissions joined it: it will never run here.
+                job.relay(_WORK_FAIL, job.handle)
             self._lost(job)
             return
         entry.state = _GONE

@@ -531,12 +531,13 @@ class PostgreSQLStore(ThreadedStore):
             rows = conn.execute(
                 f"SELECT id, handle, function, uniq, priority FROM {self.table}"
                 " WHERE owner = %s AND epoch = %s AND when_to_run IS NULL AND failed_at IS NULL"
-                " ORDER BY id",
+                " AND uniq <> '\\x2d'::bytea ORDER BY id",
                 owned,
             ).fetchall()
             whole = conn.execute(
                 f"SELECT {_COLUMNS} FROM {self.table} WHERE owner = %s AND epoch = %s"
-                " AND (when_to_run IS NOT NULL OR failed_at IS NOT NULL) ORDER BY id",
+                " AND (when_to_run IS NOT NULL OR failed_at IS NOT NULL OR uniq = '\\x2d'::bytea)"
+                " ORDER BY id",
                 owned,
             ).fetchall()
             # As in load: a heartbeat after what may take a while.

@@ -183,14 +183,16 @@ def _delete_ids(n: int) -> str:
 
 _SELECT = "SELECT " + _COLUMNS + " FROM txgearmand_jobs ORDER BY id"
 # What replay needs to queue a job whose payload stays in the store, in id
-# order; and the ids of the rows that must be whole (they run later, or
-# are in the failed list).
+# order; and the ids of the rows that must be whole (they run later, are
+# in the failed list, or coalesce on their payload).
+# (Jobs with the unique "-", x'2d', coalesce on their payload: whole.)
 _SELECT_INDEX = (
     "SELECT id, handle, function, uniq, priority FROM txgearmand_jobs"
-    " WHERE when_to_run IS NULL AND failed_at IS NULL ORDER BY id"
+    " WHERE when_to_run IS NULL AND failed_at IS NULL AND uniq != x'2d' ORDER BY id"
 )
 _SELECT_WHOLE_IDS = (
-    "SELECT id FROM txgearmand_jobs WHERE when_to_run IS NOT NULL OR failed_at IS NOT NULL"
+    "SELECT id FROM txgearmand_jobs"
+    " WHERE when_to_run IS NOT NULL OR failed_at IS NOT NULL OR uniq = x'2d'"
 )
 
 

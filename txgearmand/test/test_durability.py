@@ -488,3 +488,21 @@ class BackpressureTests(DurabilityTestMixin, SynchronousTestCase):
         self.assertEqual(client.transport.producerState, "paused")
         self.commit()
         self.assertEqual(client.transport.producerState, "producing")
+
+    def test_not_a_stall(self) -> None:
+        """
+        An incomplete packet held while reading is paused for the store is
+        not the peer's stall; once reading resumes, it is watched again.
+        """
+        client = self.connect()
+        for i in range(3):
+            client.send(P.SUBMIT_JOB_BG, b"f", b"", b"%d" % i)
+        # The read that reaches the limit ends with the start of a packet.
+        client.send_bytes(encode_request(P.SUBMIT_JOB_BG, b"f", b"", b"3") + b"\0REQ")
+        self.assertEqual(client.transport.producerState, "paused")
+        self.clock.advance(61)
+        self.assertFalse(client.closed)
+        self.commit()
+        self.assertEqual(client.transport.producerState, "producing")
+        self.clock.advance(61)
+        self.assertTrue(client.closed)

@@ -41,7 +41,7 @@ class SpillStore(MemoryStore):
         whole: list[StoredJob] = []
         rows: list[SpilledRow] = []
         for job in (self.jobs[k] for k in sorted(self.jobs)):
-            if job.when is not None or job.failed_at is not None:
+            if job.when is not None or job.failed_at is not None or job.unique == b"-":
                 whole.append(job)
             else:
                 rows.append((job.id, job.handle, job.function, job.unique, job.priority))
@@ -373,6 +373,65 @@ class SpillTests(SpillTestMixin, SynchronousTestCase):
         got += self.drain(worker, 4)
         self.assertEqual([g[0] for g in got], handles)
 
+    def test_ready_ended_without_grab(self) -> None:
+        """
+        When the ready jobs end without a grab (their clients left, or an
+        admin cancelled them), the spilled ones behind them come forward
+        and a sleeping worker is woken.
+        """
+        self.start(spill_after=2)
+        clients = [self.connect() for _ in range(2)]
+        for i, client in enumerate(clients):
+            client.send(P.SUBMIT_JOB, b"f", b"fg%d" % i, b"x")
+        handles = self.submit_many(3)
+        fq = self.server.registry.get(b"f")
+        assert fq is not None
+        self.assertEqual((fq.queued[1], fq.ready[1]), (5, 2))
+        worker = self.connect().can_do(b"f")
+        worker.send(P.PRE_SLEEP)
+        self.assertEqual(worker.packets(), [(P.NOOP, ())])
+        worker.send(P.PRE_SLEEP)
+        for client in clients:
+            client.disconnect()
+        self.clock.advance(0)
+        self.assertEqual(fq.ready[1], 2)
+        self.assertEqual(worker.packets(), [(P.NOOP, ())])
+        got = self.drain(worker, 3)
+        self.assertEqual([g[0] for g in got], handles)
+
+    def test_cancelled_ready(self) -> None:
+        """
+        Cancelling every ready job brings the spilled ones forward.
+        """
+        self.start(spill_after=2)
+        handles = self.submit_many(4)
+        admin = self.connect()
+        for handle in handles[:2]:
+            self.assertEqual(admin.admin(b"cancel job " + handle), b"OK\r\n")
+        worker = self.connect().can_do(b"f")
+        self.assertEqual([g[0] for g in self.drain(worker, 2)], handles[2:])
+
+    def test_row_gone_foreground_joined(self) -> None:
+        """
+        A foreground client that joined a spilled job whose row is gone at
+        its fetch gets WORK_FAIL.
+        """
+        self.store.manual = True
+        self.start(spill_after=2)
+        handles = self.submit_many(6)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB, b"f", b"u4", b"x")
+        self.assertEqual(client.packets(), [(P.JOB_CREATED, (handles[4],))])
+        del self.store.jobs[5]
+        self.store.manual = False
+        self.store.answer()
+        self.flushLoggedErrors()
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 5)
+        self.assertNotIn(handles[4], [g[0] for g in got])
+        self.assertEqual(client.packets(), [(P.WORK_FAIL, (handles[4],))])
+        self.assertEqual(len(self.server.table), 0)
+
     def test_stopped_during_fetch(self) -> None:
         """
         A fetch that fails because the server stopped is not an error, and
@@ -485,6 +544,27 @@ class SpillReplayTests(SpillTestMixin, SynchronousTestCase):
         (first, second) = client.packets()
         self.assertEqual(first, (P.JOB_CREATED, (handles[7],)))
         self.assertNotIn(second[1][0], handles)
+
+    def test_dash_unique_whole(self) -> None:
+        """
+        Jobs with the unique C{-} come back whole (they coalesce on their
+        payload, which a record does not keep).
+        """
+        self.start(spill_after=0)
+        client = self.connect()
+        for i in range(5):
+            client.send(P.SUBMIT_JOB_BG, b"f", b"-", b"payload %d" % i)
+        handles = [p[1][0] for p in client.packets()]
+        client.send(P.GET_STATUS_UNIQUE, b"-")
+        before = client.packets()
+        self.server.stopService()
+        self.start(spill_after=2)
+        self.assertEqual(self.server.table.spilled, {})
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"-", b"payload 4")
+        self.assertEqual(client.packets(), [(P.JOB_CREATED, (handles[4],))])
+        client.send(P.GET_STATUS_UNIQUE, b"-")
+        self.assertEqual(client.packets(), before)
 
     def test_handle_taken(self) -> None:
         """

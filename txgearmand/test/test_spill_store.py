@@ -55,10 +55,11 @@ class SQLiteSpillTests(TestCase):
             job(4, when=99.0),
             job(5, function=b"g"),
             job(6, failed_at=5.0, reason="failed"),
+            job(7, unique=b"-"),
         ]
         await store.add_many(rows)
         whole, spilled = await store.load_index()
-        self.assertEqual(whole, [rows[3], rows[5]])
+        self.assertEqual(whole, [rows[3], rows[5], rows[6]])
         self.assertEqual(
             [tuple(r) for r in spilled],
             [
@@ -103,11 +104,11 @@ class PostgreSQLSpillTests(_SharedTestsMixin):
         """
         a = await self.node("a")
         b = await self.node("b")
-        rows = [job(1), job(2, unique=b"u2", priority=0), job(3, when=99.0)]
+        rows = [job(1), job(2, unique=b"u2", priority=0), job(3, when=99.0), job(5, unique=b"-")]
         await a.add_many(rows)
         await b.add_many([job(1, function=b"g"), job(4, function=b"g")])
         whole, spilled = await a.load_index()
-        self.assertEqual(whole, [rows[2]])
+        self.assertEqual(whole, [rows[2], rows[3]])
         self.assertEqual(
             [tuple(r) for r in spilled],
             [(1, b"H:test:1", b"f", b"", 1), (2, b"H:test:2", b"f", b"u2", 0)],
