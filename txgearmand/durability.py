@@ -38,7 +38,7 @@ from txgearmand.interfaces import (
     SpilledRow,
     StoredJob,
 )
-from txgearmand.job import JobTable
+from txgearmand.job import JobTable, stored_job
 from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import FunctionQueue, Job, JobState
 from txgearmand.schedule import Schedule
@@ -267,20 +267,7 @@ class Durability(SharedStore):
             if record.failed_at is not None:
                 failed.append(FailedJob.from_record(record, handle))
                 continue
-            job = Job(
-                handle,
-                registry.function(record.function),
-                record.unique,
-                record.payload,
-                record.priority,
-                True,
-                record.reducer,
-                record.when,
-            )
-            job.require_listener = False
-            job.store_id = record.id
-            job.attempts = record.attempts
-            job.first_failed = record.first_failed
+            job = stored_job(record, handle, registry.function(record.function))
             table.add(job)
             if record.when is not None and record.when > now:
                 schedule.add(job)

@@ -10,7 +10,8 @@ import socket
 from typing import Union
 
 from txgearmand import wire
-from txgearmand.records import HIGH, LOW, NORMAL, Job, JobState, Priority, Spilled
+from txgearmand.interfaces import StoredJob
+from txgearmand.records import HIGH, LOW, NORMAL, FunctionQueue, Job, JobState, Priority, Spilled
 
 __all__ = [
     "HIGH",
@@ -25,6 +26,7 @@ __all__ = [
     "Priority",
     "cost",
     "default_handle_prefix",
+    "stored_job",
 ]
 
 
@@ -40,6 +42,28 @@ SPILLED_COST = 320
 
 #: What the unique index holds: a job, or the record of a spilled one.
 Indexed = Union[Job, Spilled]
+
+
+def stored_job(record: StoredJob, handle: bytes, fq: FunctionQueue) -> Job:
+    """
+    A background job made whole again from its stored record (replayed,
+    adopted, or fetched back after it spilled), under C{handle}.
+    """
+    job = Job(
+        handle,
+        fq,
+        record.unique,
+        record.payload,
+        record.priority,
+        True,
+        record.reducer,
+        record.when,
+    )
+    job.require_listener = False
+    job.store_id = record.id
+    job.attempts = record.attempts
+    job.first_failed = record.first_failed
+    return job
 
 
 def cost(job: Job) -> int:

@@ -37,11 +37,18 @@ from txgearmand import _log
 from txgearmand.batching import OutputBatch
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
-from txgearmand.job import SPILLED_COST, JobTable
+from txgearmand.job import SPILLED_COST, JobTable, stored_job
 from txgearmand.records import FunctionQueue, Job, JobState, Spilled
 from txgearmand.wire import PacketType
 
 __all__ = ["Spill", "spillable"]
+
+
+def _tails(fq: FunctionQueue) -> list[deque[Spilled]]:
+    tails = fq.tails
+    if tails is None:
+        tails = fq.tails = [deque(), deque(), deque()]
+    return tails
 
 
 def _count(fq: FunctionQueue, queued: list[int]) -> None:
@@ -158,9 +165,7 @@ class Spill:
         is counted in L{FunctionQueue.queued} already).
         """
         p = job.priority
-        tails = fq.tails
-        if tails is None:
-            tails = fq.tails = [deque(), deque(), deque()]
+        tails = _tails(fq)
         if spillable(job):
             entry = self._record(job)
         else:
@@ -255,9 +260,7 @@ class Spill:
                     _count(fq, queued)
                 fq = function(fname)
                 name = fname
-                tails = fq.tails
-                if tails is None:
-                    tails = fq.tails = [deque(), deque(), deque()]
+                tails = _tails(fq)
                 queued = [0, 0, 0]
             if handle in spilled or handle in by_handle or taken(handle):
                 handle = table.new_handle()
@@ -347,20 +350,7 @@ class Spill:
                     self._row_gone(fq, p, entry)
                     continue
                 if state == _STORED:
-                    job = Job(
-                        entry.handle,
-                        fq,
-                        entry.unique,
-                        record.payload,
-                        p,
-                        True,
-                        record.reducer,
-                        record.when,
-                    )
-                    job.require_listener = False
-                    job.store_id = entry.store_id
-                    job.attempts = record.attempts
-                    job.first_failed = record.first_failed
+                    job = stored_job(record, entry.handle, fq)
                     table.unspill(entry, job)
                 else:
                     job = entry.job  # type: ignore[assignment]
