@@ -589,35 +589,50 @@ class Durability(SharedStore):
             self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
 
     def _committed(self, result: object, jobs: list[Job]) -> None:
-        failure = result if isinstance(result, Failure) else None
         # The replies go out together, once per connection, next turn.
         self._batch.hold_until_next_turn()
+        if isinstance(result, Failure):
+            self._refused(result, jobs)
+            return
+        spilling: list[Job] = []
+        # Fast path (every background submission to a durable store passes
+        # here): one loop, the waiters called with the job, and the jobs
+        # queued behind spilled ones handed to the spill together.
+        for job in jobs:
+            waiters = job.commit_waiters
+            job.commit_waiters = None
+            if waiters:
+                for waiter in waiters:
+                    waiter(job, None)
+            if job.spill is not None:
+                spilling.append(job)
+        if spilling:
+            # Queued behind spilled jobs: now they may spill too.
+            self.spill.committed(spilling)  # type: ignore[union-attr]
+
+    def _refused(self, failure: Failure, jobs: list[Job]) -> None:
         for job in jobs:
             waiters = job.commit_waiters or []
             job.commit_waiters = None
-            if failure is not None:
-                job.store_id = None
-                if job.state is _DONE:
-                    pass
-                elif job.background:
-                    job.queue.counts[REFUSED] += 1
-                    self.log.warn(
-                        "Dropping {handle}: the store did not take it",
-                        handle=job.handle.decode("utf-8", "backslashreplace"),
-                    )
+            job.store_id = None
+            if job.state is _DONE:
+                pass
+            elif job.background:
+                job.queue.counts[REFUSED] += 1
+                self.log.warn(
+                    "Dropping {handle}: the store did not take it",
+                    handle=job.handle.decode("utf-8", "backslashreplace"),
+                )
+                self._lost(job)
+            else:
+                # The background submissions that joined this foreground
+                # job were refused: it is foreground again, and dropped if
+                # its clients have left while it waits.
+                job.require_listener = True
+                if not job.listeners and job.state is _QUEUED:
                     self._lost(job)
-                else:
-                    # The background submissions that joined this foreground
-                    # job were refused: it is foreground again, and dropped
-                    # if its clients have left while it waits.
-                    job.require_listener = True
-                    if not job.listeners and job.state is _QUEUED:
-                        self._lost(job)
             for waiter in waiters:
-                waiter(failure)
-            if job.spill is not None and failure is None:
-                # Queued behind spilled jobs: now it may spill too.
-                self.spill.committed(job)  # type: ignore[union-attr]
+                waiter(job, failure)
 
 
 def _no_wake(fq: FunctionQueue) -> None:

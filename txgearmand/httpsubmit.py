@@ -46,7 +46,7 @@ from txgearmand.guard import SMALL_PARTIAL
 from txgearmand.interfaces import IPeer
 from txgearmand.job import HIGH, LOW, NORMAL
 from txgearmand.protocol import _keep_alive
-from txgearmand.records import Participant
+from txgearmand.records import Job, Participant
 from txgearmand.server import JobServer
 from txgearmand.wire import GearmanError, PacketType
 
@@ -313,7 +313,7 @@ class SubmitRequest(http.Request):
             if not batch.depth:
                 batch.hold_until_next_turn()
 
-    def _committed(self, failure: Failure | None) -> None:
+    def _committed(self, job: Job, failure: Failure | None) -> None:
         if failure is None:
             self._created()
             return

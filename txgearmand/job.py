@@ -278,10 +278,39 @@ class JobTable:
 
     def spill(self, job: Job, entry: Spilled) -> None:
         """
-        A whole job leaves memory for its record (its payload is stored).
+        A whole job leaves memory for its record (its payload is stored):
+        the record takes its place in the indexes.
         """
-        self.remove(job)
-        self.add_spilled(entry)
+        handle = job.handle
+        key = job.coalesce_key
+        if key is not None and key != entry.unique:
+            # Not the plain case (coalesced on its payload): the long way.
+            self.remove(job)
+            self.add_spilled(entry)
+            return
+        # Fast path (every job of a long queue passes): the record replaces
+        # the job in place, with no removing and indexing again.
+        by_handle = self.by_handle
+        if by_handle.get(handle) is job:
+            del by_handle[handle]
+            self.held_bytes -= job.cost
+        self.spilled[handle] = entry
+        self.held_bytes += SPILLED_COST
+        if key is None:
+            if entry.unique:
+                self._index(entry.unique, entry.queue.name, entry)
+            return
+        job.coalesce_key = None
+        uniques = self._uniques
+        current = uniques.get(key)
+        if current is job:
+            uniques[key] = entry
+            return
+        function = job.queue.name
+        if type(current) is dict and current.get(function) is job:
+            current[function] = entry
+        else:
+            self._index(key, function, entry)
 
     def unspill(self, entry: Spilled, job: Job) -> None:
         """

@@ -84,8 +84,9 @@ class GearmanProtocol(Protocol):
         self._closing = False
         self.paused = False
         #: Output held back behind submissions the store has not committed:
-        #: bytes, and one-item lists for those replies (filled on commit).
-        self._held: deque[bytes | list[bytes | None]] | None = None
+        #: bytes, and the submitted jobs (each stands for its reply).
+        self._held: deque[bytes | Job] | None = None
+        self._on_commit = self._committed
         # Submissions waiting for the store, and whether that stopped reads.
         self._uncommitted = 0
         self._commit_paused = False
@@ -304,11 +305,11 @@ class GearmanProtocol(Protocol):
         its job (or with ERROR if it could not); what this connection is
         sent meanwhile waits behind it, so replies keep their order.
         """
-        slot: list[bytes | None] = [None]
-        if self._held is None:
-            self._held = deque()
-        self._held.append(slot)
-        handle = job.handle
+        held = self._held
+        if held is None:
+            held = self._held = deque()
+        # The job itself stands in the held output for its reply.
+        held.append(job)
         self._uncommitted += 1
         if self._uncommitted >= MAX_UNCOMMITTED and not self._commit_paused:
             # A client that pipelines faster than the store commits would
@@ -317,47 +318,60 @@ class GearmanProtocol(Protocol):
             if self.transport is not None:
                 self.transport.pauseProducing()  # type: ignore[attr-defined]
             self._guard.forget_stall(self)
-
-        def committed(failure: Failure | None) -> None:
-            self._uncommitted -= 1
-            if self._commit_paused and self._uncommitted <= MAX_UNCOMMITTED // 2:
-                self._commit_paused = False
-                if self.transport is not None and not self.closed and not self.paused:
-                    self.transport.resumeProducing()  # type: ignore[attr-defined]
-                    timeout = self._settings.read_timeout
-                    if self._reserved and timeout:
-                        self._guard.watch_stall(self, self.server.reactor.seconds() + timeout)
-            if failure is None:
-                slot[0] = _encode(_JOB_CREATED, handle)
-            else:
-                text = b"The job store failed: " + _text(failure)
-                self.log.info(
-                    "Refused a submission of {function} from {peer}: {code} {text}",
-                    function=job.queue.name.decode("utf-8", "backslashreplace"),
-                    peer=self.describe(),
-                    code="QUEUE_ERROR",
-                    text=text.decode("utf-8", "replace"),
-                )
-                slot[0] = _encode(_ERROR, b"QUEUE_ERROR", text)
-            self._release_held()
-
         assert job.commit_waiters is not None
-        job.commit_waiters.append(committed)
+        job.commit_waiters.append(self._on_commit)
 
-    def _release_held(self) -> None:
+    def _committed(self, job: Job, failure: Failure | None) -> None:
+        # Called by Durability once per submission of this connection that
+        # joined the job (see reply_when_committed).
+        self._uncommitted -= 1
+        if self._commit_paused and self._uncommitted <= MAX_UNCOMMITTED // 2:
+            self._resume_after_commits()
         held = self._held
+        if held is None:
+            return
+        if failure is not None:
+            self._refuse_held(job, failure)
+        # Fast path: stores commit in order, so the job is the head of the
+        # held output; its JOB_CREATED is encoded and buffered inline (a
+        # call per reply instead of four).
         while held:
             item = held[0]
-            if isinstance(item, list):
-                data = item[0]
-                if data is None:
-                    return
-            else:
+            if type(item) is bytes:
                 data = item
+            elif item.commit_waiters is None:  # type: ignore[union-attr]
+                handle = item.handle  # type: ignore[union-attr]
+                data = _JOB_CREATED_HEAD + _pack_size(len(handle)) + handle
+            else:
+                return
             held.popleft()
             if not self.closed:
                 self._emit(data)
         self._held = None
+
+    def _resume_after_commits(self) -> None:
+        self._commit_paused = False
+        if self.transport is not None and not self.closed and not self.paused:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            timeout = self._settings.read_timeout
+            if self._reserved and timeout:
+                self._guard.watch_stall(self, self.server.reactor.seconds() + timeout)
+
+    def _refuse_held(self, job: Job, failure: Failure) -> None:
+        # The store failed to commit the job: each held reply for it
+        # becomes an ERROR (the later calls for the same job find none).
+        held = self._held
+        assert held is not None
+        text = b"The job store failed: " + _text(failure)
+        for i in [i for i, item in enumerate(held) if item is job]:
+            self.log.info(
+                "Refused a submission of {function} from {peer}: {code} {text}",
+                function=job.queue.name.decode("utf-8", "backslashreplace"),
+                peer=self.describe(),
+                code="QUEUE_ERROR",
+                text=text.decode("utf-8", "replace"),
+            )
+            held[i] = _encode(_ERROR, b"QUEUE_ERROR", text)
 
     def send_error(self, code: bytes, text: bytes) -> None:
         """

@@ -102,8 +102,8 @@ class Job:
     @ivar coalesce_key: the key it is indexed under for coalescing, if any.
     @ivar store_id: what the job store knows it by, if it was stored.
     @ivar commit_waiters: while the store has not yet committed the job,
-        what to call (with C{None}, or the failure) once it has; else
-        C{None}.
+        what to call (with the job, and C{None} or the failure) once it
+        has; else C{None}.
     @ivar cost: what it counts against the memory budget while in the job
         table (see L{txgearmand.job.cost}).
     @ivar created: when it was submitted, while the server times jobs

@@ -175,18 +175,23 @@ class Spill:
         if fq.ready[p] < self._low:
             self.refill(fq, p)
 
-    def committed(self, job: Job) -> None:
+    def committed(self, jobs: list[Job]) -> None:
         """
-        A job waiting whole in a tail was committed: keep only its record
-        if it may spill now.
+        Jobs waiting whole in their tails were committed: keep only the
+        records of those that may spill now.
         """
-        entry = job.spill
-        if entry is not None and entry.state == _WHOLE and spillable(job):
-            job.spill = None
-            entry.job = None
-            entry.state = _STORED
-            entry.store_id = job.store_id
-            self._drop_whole(job, entry)
+        table = self.table
+        for job in jobs:
+            entry = job.spill
+            if entry is not None and entry.state == _WHOLE and spillable(job):
+                job.spill = None
+                entry.job = None
+                entry.state = _STORED
+                entry.store_id = job.store_id
+                table.spill(job, entry)
+                # As _drop_whole, inline: every job of a long queue passes.
+                job.state = _DONE
+                job.store_id = None
 
     def _record(self, job: Job) -> Spilled:
         entry = Spilled(

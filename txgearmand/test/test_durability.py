@@ -205,6 +205,46 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
         self.commit()
         self.assertEqual(c1.packets(), c2.packets())
 
+    def test_same_connection_joins_twice(self) -> None:
+        """
+        A connection that submits one unique id twice before the commit
+        gets two JOB_CREATED for it, in order with what it was sent
+        meanwhile.
+        """
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
+        client.send(P.ECHO_REQ, b"between")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"v", b"y")
+        self.assertEqual(client.packets(), [])
+        self.commit()
+        self.assertEqual(
+            client.packets(),
+            [
+                (P.JOB_CREATED, (b"H:d:1",)),
+                (P.ECHO_RES, (b"between",)),
+                (P.JOB_CREATED, (b"H:d:1",)),
+                (P.JOB_CREATED, (b"H:d:2",)),
+            ],
+        )
+
+    def test_same_connection_joins_twice_refused(self) -> None:
+        """
+        If the store fails that commit, both submissions of the id are
+        refused, each in its place.
+        """
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
+        client.send(P.ECHO_REQ, b"between")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"u", b"x")
+        self.store.fail_next = True  # type: ignore[attr-defined]
+        self.commit()
+        self.assertEqual(
+            [(ptype, args[0]) for ptype, args in client.packets()],
+            [(P.ERROR, b"QUEUE_ERROR"), (P.ECHO_RES, b"between"), (P.ERROR, b"QUEUE_ERROR")],
+        )
+        self.assertEqual(self.server.jobs(), [])
+
     def test_foreground_not_stored(self) -> None:
         """
         Foreground jobs are not stored (as in C gearmand): their client is
