@@ -444,6 +444,7 @@ class Durability(SharedStore):
             ended, self._not_stored = self._not_stored, []
             self._committed(None, ended)
         if self._to_store or self._update_again:
+            adding = self._adding
             to_store, self._to_store = self._to_store, {}
             records, self._records = self._records, {}
             jobs: list[Job] = []
@@ -463,7 +464,8 @@ class Durability(SharedStore):
                     job.attempts,
                     job.first_failed,
                 )
-                if self._unsent(job, store_id):
+                # As _unsent, inline: every new job passes here.
+                if job.commit_waiters is not None and store_id not in adding:
                     jobs.append(job)
                     added.append(record)
                 else:

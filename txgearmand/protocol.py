@@ -335,6 +335,7 @@ class GearmanProtocol(Protocol):
         # Fast path: stores commit in order, so the job is the head of the
         # held output; its JOB_CREATED is encoded and buffered inline (a
         # call per reply instead of four).
+        batch = self._batch
         while held:
             item = held[0]
             if type(item) is bytes:
@@ -345,7 +346,16 @@ class GearmanProtocol(Protocol):
             else:
                 return
             held.popleft()
-            if not self.closed:
+            if self.closed:
+                continue
+            if batch.depth:
+                # As _emit, inline.
+                self._traffic.packets_out += 1
+                out = self._out
+                if not out:
+                    batch.mark_dirty(self)
+                out.append(data)
+            else:
                 self._emit(data)
         self._held = None
 

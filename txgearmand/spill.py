@@ -165,8 +165,10 @@ class Spill:
         is counted in L{FunctionQueue.queued} already).
         """
         p = job.priority
-        tails = _tails(fq)
-        if spillable(job):
+        tails = fq.tails or _tails(fq)
+        # Fast path: a new job is being written (it spills once committed),
+        # so most need no spillable() call here.
+        if job.commit_waiters is None and spillable(job):
             entry = self._record(job)
         else:
             entry = Spilled(job.handle, job.unique, job.store_id, fq, p, job, _WHOLE)
