@@ -80,6 +80,7 @@ class Durability(SharedStore):
         may_adopt: Callable[[], bool] | None = None,
         spill_after: int = 0,
         wake: Callable[[FunctionQueue], None] | None = None,
+        dropped: Callable[[FunctionQueue, int], None] | None = None,
     ) -> None:
         """
         @param batch: the server's output batch: writes go to the store
@@ -102,6 +103,8 @@ class Durability(SharedStore):
             0: never.
         @param wake: wakes the sleeping workers of a function whose
             spilled jobs came back.
+        @param dropped: told of spilled jobs of a function that ended as
+            records, counted out (see L{Spill}).
         """
         self.store = store
         self.ready = store is None
@@ -151,6 +154,7 @@ class Durability(SharedStore):
             spill_after if ISpillStore.providedBy(store) and clock is not None else 0
         )
         self._wake = wake
+        self._dropped = dropped
         self._spilled_rows: list[SpilledRow] = []
         #: The L{Spill} of long queues, once replayed (C{None}: jobs never
         #: spill).
@@ -287,6 +291,7 @@ class Durability(SharedStore):
             self._clock,
             self._wake or _no_wake,
             self._lost,
+            self._dropped or _no_drop,
         )
         registry.on_function = spill.attach
         for fq in registry:
@@ -638,4 +643,8 @@ class Durability(SharedStore):
 
 
 def _no_wake(fq: FunctionQueue) -> None:
+    pass
+
+
+def _no_drop(fq: FunctionQueue, n: int) -> None:
     pass

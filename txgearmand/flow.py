@@ -112,6 +112,7 @@ class JobFlow(FailurePolicy):
             self._may_adopt,
             settings.spill_after,
             self._refilled,
+            self._records_dropped,
         )
         self.schedule = Schedule(reactor, self.release_due)
         self.workers = Workers(reactor, settings, registry, output, self.take_back)
@@ -133,6 +134,15 @@ class JobFlow(FailurePolicy):
         # Spilled jobs came back from the store: wake who sleeps on them.
         if fq.sleepers:
             self.workers.wake_up(fq)
+
+    def _records_dropped(self, fq: FunctionQueue, n: int) -> None:
+        # Spilled jobs ended as records, with no job made of them (their
+        # rows were gone, or another server took them): as note_finished.
+        self.jobs_ended += n
+        if not fq.workers:
+            self.registry.forget_if_unused(fq)
+        if self.drain.draining:
+            self.drain.check()
 
     def _may_adopt(self) -> bool:
         # A server draining to stop takes no more jobs from dead servers.

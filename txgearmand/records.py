@@ -271,6 +271,9 @@ class FunctionQueue:
         now).
     @ivar tails: the spilled tail of each priority (L{Spilled} records,
         oldest first), or C{None} while nothing was spilled.
+    @ivar tail_dead: about how many records of each tail are of jobs
+        that ended (skipped when read; the tail is compacted when they are
+        most of it).
     @ivar spill: what takes jobs to the tail and brings them back (a
         L{txgearmand.spill.Spill}), or C{None} when jobs never spill.
     @ivar spill_at: ready jobs a priority holds before new ones go to its
@@ -300,6 +303,7 @@ class FunctionQueue:
         "sleepers",
         "spill",
         "spill_at",
+        "tail_dead",
         "tails",
         "wake_timer",
         "workers",
@@ -312,6 +316,7 @@ class FunctionQueue:
         self.ready = [0, 0, 0]
         self._dead = [0, 0, 0]
         self.tails: Optional[list[deque[Spilled]]] = None
+        self.tail_dead: list[int] = [0, 0, 0]
         self.spill: Any = None
         self.spill_at = 0
         self.running = 0
@@ -403,6 +408,7 @@ class FunctionQueue:
             job.spill = None
             entry.job = None
             entry.state = Spilled.GONE
+            self.spill.gone(self, p)
             return
         ready = self.ready[p] - 1
         self.ready[p] = ready

@@ -72,6 +72,10 @@ _TAKEN = 4
 #: Seconds before a failed fetch is tried again.
 RETRY_SECONDS = 1.0
 
+#: Records of ended jobs a tail holds before it may be compacted (when
+#: they are also most of it).
+COMPACT_AFTER = 256
+
 
 def spillable(job: Job) -> bool:
     """
@@ -116,12 +120,16 @@ class Spill:
         clock: IReactorTime,
         wake: Callable[[FunctionQueue], None],
         lost: Callable[[Job], None],
+        dropped: Callable[[FunctionQueue, int], None],
     ) -> None:
         """
         @param wake: called with a function whose jobs came back from the
             store, to wake its sleeping workers.
         @param lost: called with a job made whole before its turn whose
             row the store no longer has, to end it.
+        @param dropped: called with a function and how many of its spilled
+            jobs ended as records (their rows were gone, or another server
+            took them), once they are counted out.
         """
         self.store = store
         self.table = table
@@ -132,6 +140,7 @@ class Spill:
         self._clock = clock
         self._wake = wake
         self._lost = lost
+        self._dropped = dropped
         self._fetching: set[tuple[FunctionQueue, int]] = set()
         self._retry: dict[tuple[FunctionQueue, int], IDelayedCall] = {}
         self._failing = False
@@ -176,6 +185,43 @@ class Spill:
         tails[p].append(entry)
         if fq.ready[p] < self._low:
             self.refill(fq, p)
+
+    def gone(self, fq: FunctionQueue, p: int) -> None:
+        """
+        A job waiting in a tail ended (its record, marked gone, is skipped
+        when read): compact the tail once such records are most of it, so
+        that jobs that keep ending there (foreground clients that leave,
+        cancels) do not grow it while nothing is read from it.
+        """
+        dead = fq.tail_dead
+        n = dead[p] + 1
+        dead[p] = n
+        tails = fq.tails
+        if n > COMPACT_AFTER and tails is not None and n * 2 > len(tails[p]):
+            tails[p] = deque(e for e in tails[p] if e.state != _GONE)
+            dead[p] = 0
+
+    def drop_records(self, entries: list[Spilled]) -> None:
+        """
+        Spilled jobs end without a turn, as records (another server took
+        them over): count them out, forget them and compact their tails.
+        """
+        if not entries:
+            return
+        table = self.table
+        by_queue: dict[FunctionQueue, int] = {}
+        for entry in entries:
+            fq = entry.queue
+            entry.state = _GONE
+            fq.queued[entry.priority] -= 1
+            table.remove_spilled(entry)
+            by_queue[fq] = by_queue.get(fq, 0) + 1
+        for fq, n in by_queue.items():
+            tails = fq.tails
+            if tails is not None:
+                fq.tails = [deque(e for e in tail if e.state != _GONE) for tail in tails]
+                fq.tail_dead = [0, 0, 0]
+            self._dropped(fq, n)
 
     def committed(self, jobs: list[Job]) -> None:
         """
@@ -298,10 +344,13 @@ class Spill:
         want = self.keep - fq.ready[p]
         entries: list[Spilled] = []
         ids: list[int] = []
+        dead = fq.tail_dead
         while tail and len(entries) < want:
             entry = tail.popleft()
             state = entry.state
             if state == _GONE:
+                if dead[p]:
+                    dead[p] -= 1
                 continue
             entries.append(entry)
             if state == _WHOLE:
@@ -396,6 +445,7 @@ class Spill:
         entry.state = _GONE
         fq.queued[p] -= 1
         self.table.remove_spilled(entry)
+        self._dropped(fq, 1)
 
     def _fetch_failed(
         self, failure: Failure, fq: FunctionQueue, p: int, entries: list[Spilled]

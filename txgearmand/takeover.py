@@ -21,8 +21,9 @@ from txgearmand.deadletter import FailedJob, FailedList
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import Adoption, IJobStore, ISharedJobStore, StoredJob, StoreUnavailable
 from txgearmand.job import JobTable
-from txgearmand.records import Job, JobState, Spilled
+from txgearmand.records import Job, JobState
 from txgearmand.schedule import Schedule
+from txgearmand.spill import Spill
 from txgearmand.wire import PacketType
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class SharedStore:
     _clock: IReactorTime | None
     _batch: OutputBatch
     _lost: Callable[[Job], None]
+    spill: Spill | None
     _enqueue: Callable[[Job], None] | None
     _may_adopt: Callable[[], bool] | None
     _model: tuple[JobTable, FunctionRegistry, Schedule] | None
@@ -159,11 +161,9 @@ class SharedStore:
             # Their rows are the adopter's now, and its failed list's.
             for entry in lost_failed:
                 failed.take(entry.handle)
-        for record in lost_spilled:
-            # Skipped when its turn in the tail comes (or its fetch ends).
-            record.state = Spilled.GONE
-            record.queue.queued[record.priority] -= 1
-            table.remove_spilled(record)
+        if self.spill is not None:
+            # Those being fetched are skipped when their fetch ends.
+            self.spill.drop_records(lost_spilled)
         for job in lost:
             job.store_id = None
             if job.state is _RUNNING:

@@ -466,6 +466,51 @@ class SpillTests(SpillTestMixin, SynchronousTestCase):
         self.assertEqual(self.server.table.held_bytes, 0)
         self.assertIsNone(self.server.registry.get(b"f").queued[1] or None)  # type: ignore[union-attr]
 
+    def test_row_gone_ends_drain(self) -> None:
+        """
+        A graceful shutdown whose last jobs are spilled ones whose rows are
+        gone ends when they are dropped.
+        """
+        self.start(spill_after=1)
+        handles = self.submit_many(3)
+        del self.store.jobs[2], self.store.jobs[3]
+        worker = self.connect().can_do(b"f")
+        stopped = self.server.shutdown(graceful=True)
+        self.store.manual = True
+        got = worker.grab()[1]
+        self.assertEqual(got[0], handles[0])
+        worker.send(P.WORK_COMPLETE, got[0], b"")
+        # The fetches of the other two (one at a time) find neither row.
+        self.store.answer()
+        self.assertNoResult(stopped)
+        self.store.answer()
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.server.table), 0)
+        self.assertEqual(self.server.jobs_ended, 3)
+
+    def test_tail_compacted(self) -> None:
+        """
+        Foreground jobs queued behind spilled ones whose clients leave do
+        not grow the tail while nothing is read from it: it is compacted
+        once ended jobs are most of it.
+        """
+        from txgearmand.spill import COMPACT_AFTER
+
+        self.start(spill_after=2)
+        self.submit_many(5)
+        fq = self.server.registry.get(b"f")
+        assert fq is not None and fq.tails is not None
+        for i in range(COMPACT_AFTER * 3):
+            client = self.connect()
+            client.send(P.SUBMIT_JOB, b"f", b"", b"fg %d" % i)
+            client.disconnect()
+            self.assertLessEqual(len(fq.tails[1]), 3 + 2 * COMPACT_AFTER + 1)
+        self.assertEqual(fq.queued, [0, 5, 0])
+        worker = self.connect().can_do(b"f")
+        self.drain(worker, 5)
+        self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+        self.assertEqual(len(self.server.table), 0)
+
     def test_off(self) -> None:
         """
         With C{spill_after} 0 nothing spills.
@@ -680,3 +725,41 @@ class SpillTakeoverTests(SynchronousTestCase):
         self.assertEqual(got, [handles[0], handles[4]])
         self.assertEqual(worker.grab(), (P.NO_JOB, ()))
         self.assertEqual(server.table.held_bytes, 0)
+
+    def test_taken_over_tail_freed(self) -> None:
+        """
+        Spilled jobs another server adopted leave no records in the tail
+        (nothing reads a tail with no live job in it), and a function left
+        with nothing is forgotten.
+        """
+        from twisted.internet.task import Clock
+
+        from txgearmand.interfaces import Adoption, ISharedJobStore
+        from txgearmand.server import JobServer
+        from txgearmand.test.helpers import FakeConnection
+        from txgearmand.test.test_shared_store import FakeSharedStore
+
+        @implementer(ISharedJobStore, ISpillStore)
+        class Both(FakeSharedStore, SpillStore):
+            def __init__(self) -> None:
+                FakeSharedStore.__init__(self)
+                SpillStore.__init__(self)
+
+        store = Both()
+        clock = Clock()
+        server = JobServer(clock, store=store, job_handle_prefix=b"H:me", spill_after=2)
+        server.startService()
+        client = FakeConnection(server)
+        for i in range(6):
+            client.submit(b"f", b"%d" % i, ptype=P.SUBMIT_JOB_BG)
+            client.submit(b"g", b"%d" % i, ptype=P.SUBMIT_JOB_BG)
+        fq = server.registry.get(b"f")
+        assert fq is not None and fq.tails is not None
+        # Kept: f's first two (whole) and none of g's.
+        store.adoptions.append(Adoption([], [1, 3]))
+        clock.advance(1)
+        self.assertEqual(len(server.table), 2)
+        self.assertEqual(fq.queued, [0, 2, 0])
+        self.assertEqual([len(tail) for tail in fq.tails], [0, 0, 0])
+        self.assertIsNone(server.registry.get(b"g"))
+        self.assertEqual(server.flow.jobs_ended, 10)

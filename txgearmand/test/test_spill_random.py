@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgearmand import spill
 from txgearmand.interfaces import StoredJob
 from txgearmand.records import JobState, Spilled
 from txgearmand.server import JobServer
@@ -63,6 +64,8 @@ class RandomTests(SpillTestMixin, SynchronousTestCase):
         store = self.store = FlakyStore()
         store.manual = True
         options: dict[str, Any] = {"spill_after": rnd.choice([1, 2, 3, 4])}
+        # Tails compacted often, or as in production.
+        self.patch(spill, "COMPACT_AFTER", rnd.choice([0, 1, 256]))
         if rough:
             options.update(retry_failed=1, retry_backoff="0.5,0.5", failed_keep=0)
         self.start(**options)
