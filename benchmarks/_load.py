@@ -262,3 +262,14 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     fields = stat[stat.rindex(")") + 2 :].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def minor_faults(pid: int) -> int:
+    """
+    A process's minor page faults so far (field 10 of C{/proc/PID/stat}):
+    each is a kernel entry, so a steady count per job means memory mapped
+    and unmapped per job.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2 :].split()[7])

@@ -1,8 +1,10 @@
 """
-Server CPU per job: user and system microseconds the server process spends
-per foreground job (read from C{/proc/PID/stat} over the measured window of
-C{loadgen.foreground}), and its rate; for comparing servers, interpreters
-and reactors.
+Server CPU per job by twistd reactor: user and system microseconds the
+server process spends per foreground job (read from C{/proc/PID/stat} over
+the measured window of C{loadgen.foreground}), its rate and page faults.
+C{python -m benchmarks --cpu} gives the same figure for every server of
+the peers' table, over a count of jobs; this one times a window and
+crosses servers with reactors.
 
     python -m benchmarks.cpu --servers txgearmand,c-t1 --rounds 3
     python -m benchmarks.cpu --servers txgearmand --reactor epoll,poll,asyncio
@@ -11,7 +13,6 @@ and reactors.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -21,24 +22,18 @@ from pathlib import Path
 
 from benchmarks import loadgen
 from benchmarks.__main__ import pypy_python
+from benchmarks._load import cpu_seconds, minor_faults
 from txgearmand.test import _process
 
-_TICK = os.sysconf("SC_CLK_TCK")
 _UVLOOP = (
     "import asyncio, uvloop; from twisted.internet import asyncioreactor; "
     "asyncioreactor.install(uvloop.new_event_loop()); "
 )
 
 
-def cpu_seconds(pid: int) -> tuple[float, float, int]:
-    """
-    A process's user and system CPU seconds so far, and its minor page
-    faults (each a kernel entry: a steady count per job means memory
-    mapped and unmapped per job).
-    """
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK, int(fields[7])
+def _sample(pid: int) -> tuple[float, float, int]:
+    user, system = cpu_seconds(pid)
+    return user, system, minor_faults(pid)
 
 
 def make(kind: str, reactor: str, workdir: Path) -> _process.Server | None:
@@ -82,9 +77,9 @@ def measure(
     def sample() -> None:
         # foreground() measures from about 1 s + warm-up after it is called.
         time.sleep(max(0.0, t0 + 1.0 + warm - time.time()))
-        samples.append(cpu_seconds(pid))
+        samples.append(_sample(pid))
         time.sleep(max(0.0, t0 + 1.0 + warm + seconds - time.time()))
-        samples.append(cpu_seconds(pid))
+        samples.append(_sample(pid))
 
     thread = threading.Thread(target=sample)
     thread.start()
