@@ -606,6 +606,8 @@ class GearmanProtocol(Protocol):
         _created(self, job)
 
 
+_SPLIT_IS_FAST = wire.SPLIT_IS_FAST
+
 #: JOB_CREATED's header up to its size field.
 _JOB_CREATED_HEAD = wire.RESPONSE_MAGIC + struct.pack(">I", _JOB_CREATED)
 _pack_size = struct.Struct(">I").pack
@@ -740,7 +742,7 @@ def _args(ptype: int, body: bytes, count: int) -> list[bytes]:
 
     @raise GearmanError: C{INVALID_ARGUMENT} if there are fewer.
     """
-    args = body.split(b"\0", count - 1)
+    args = body.split(b"\0", count - 1) if _SPLIT_IS_FAST else wire.split_fields(body, count)
     if len(args) != count:
         raise _malformed(ptype, count)
     return args
@@ -861,7 +863,8 @@ _SUBMIT_FORMS = {
 
 def _submit_handler(ptype: PacketType, priority: int, background: bool) -> _Handler:
     def submit(self: GearmanProtocol, body: bytes) -> None:
-        args = body.split(b"\0", 2)
+        # (On PyPy find and slice: see wire.SPLIT_IS_FAST.)
+        args = body.split(b"\0", 2) if _SPLIT_IS_FAST else wire.split_fields(body, 3)
         if len(args) != 3:
             raise _malformed(ptype, 3)
         # Fast path: straight to JobFlow.submit with the form's constants,

@@ -9,6 +9,7 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from txgearmand import protocol, wire
 from txgearmand.job import MAX_HANDLE_PREFIX
 from txgearmand.protocol import _created
 from txgearmand.test.helpers import ServerTestMixin
@@ -211,3 +212,44 @@ class ParserFastPathTests(SynchronousTestCase):
         self.assertEqual(_parse_all([b"workers\n\0\0\0\0"])[0], [(TEXT_LINE, b"workers")])
         short = encode_request(P.ECHO_REQ, b"abc")
         self.assertEqual(_parse_all([short[:-1], short[-1:]])[0], [(P.ECHO_REQ, b"abc")])
+
+
+class SplitFieldsTests(ServerTestMixin, SynchronousTestCase):
+    """
+    L{wire.split_fields}, how packets' fields are taken on PyPy (see
+    L{wire.SPLIT_IS_FAST}), gives what C{bytes.split} does.
+    """
+
+    def test_as_split(self) -> None:
+        """
+        Same fields as C{bytes.split(b"\\0", count - 1)}, for bodies with
+        fewer, as many and more NULs than fields, empty fields and NULs at
+        either end.
+        """
+        bodies = [b"", b"\0", b"\0\0", b"a", b"a\0", b"\0a", b"a\0b", b"a\0\0b\0c\0", b"\0" * 5]
+        bodies += [b"f\0u\0" + b"x\0y" * 1000, b"only one field" * 5000]
+        for body in bodies:
+            for count in range(1, 6):
+                self.assertEqual(
+                    wire.split_fields(body, count), body.split(b"\0", count - 1), (body, count)
+                )
+
+    def test_protocol_by_find(self) -> None:
+        """
+        The submission and result handlers answer as before when they take
+        fields by find and slice: malformed bodies refused, payloads with
+        NULs kept whole.
+        """
+        self.patch(protocol, "_SPLIT_IS_FAST", False)
+        client = self.connect()
+        client.send(P.SUBMIT_JOB, b"f", b"u", b"pay\0load\0")
+        client.send(P.SUBMIT_JOB_EPOCH, b"f", b"v", b"1", b"p\0q")
+        ((_, (handle,)), (_, (scheduled,))) = client.packets()
+        self.assertEqual(self.server.table.by_handle[scheduled].data, b"p\0q")
+        worker = self.connect().can_do(b"f")
+        self.assertEqual(worker.grab(), (P.JOB_ASSIGN_UNIQ, (handle, b"f", b"u", b"pay\0load\0")))
+        worker.send(P.WORK_STATUS, handle, b"1", b"2")
+        self.assertEqual(client.packets(), [(P.WORK_STATUS, (handle, b"1", b"2"))])
+        client.send_bytes(encode_request(P.SUBMIT_JOB_BG, b"f"))
+        [(ptype, (code, _))] = client.packets()
+        self.assertEqual((ptype, code), (P.ERROR, b"INVALID_ARGUMENT"))
