@@ -262,8 +262,14 @@ class HardeningTests(SynchronousTestCase):
         open_ = [self.conn(server) for _ in range(20)]
         for c in open_:
             c.round_trip()
-        extra = self.conn(server)
-        self.assertTrue(extra.closed_by_server(5))
+        try:
+            extra = self.conn(server)
+        except (ConnectionResetError, BrokenPipeError):
+            # Closed by the server before connect() returned (seen on a
+            # loaded machine): refused as well.
+            pass
+        else:
+            self.assertTrue(extra.closed_by_server(5))
         open_[0].round_trip()
         for c in open_[:5]:
             c.close()
