@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ from zope.interface import implementer
 
 from txgearmand import _direct, _log, admin, wire
 from txgearmand.access import IIdentifiedPeer, PeerIdentity, identity_of, is_local_address
+from txgearmand.commits import _JOB_CREATED_HEAD, CommitReplies, _pack_size
 from txgearmand.interfaces import IPeer
 from txgearmand.job import HIGH, LOW, NORMAL, Job, JobState
 from txgearmand.records import Participant
@@ -32,11 +32,6 @@ __all__ = ["GearmanProtocol", "GearmanServerFactory"]
 _encode = wire.encode
 _READ_SIZE = 256 * 1024
 
-#: Background submissions a connection may have waiting for the store's
-#: commit before it stops reading (and reads again once half are
-#: answered): a client pipelining faster than the store commits holds at
-#: most this many jobs whole in memory, not all it sent.
-MAX_UNCOMMITTED = 4096
 _ERROR = PacketType.ERROR
 _JOB_CREATED = PacketType.JOB_CREATED
 _RUNNING = JobState.RUNNING
@@ -46,7 +41,7 @@ _CLOSED = wire.WireError(b"CLOSED", b"The connection is closed")
 
 
 @implementer(IPushProducer, IPeer, IIdentifiedPeer)
-class GearmanProtocol(Protocol):
+class GearmanProtocol(CommitReplies, Protocol):
     """
     A connection to the job server: a client, a worker, an admin console or
     all of them at once.  It is the L{IPeer} of its L{Participant}.
@@ -58,7 +53,8 @@ class GearmanProtocol(Protocol):
     while the server works in a batch is buffered and written once when
     the batch ends.  The protocol is its transport's push producer: when
     the peer stops reading and the transport's buffer fills, the
-    connection stops reading the peer's requests too.
+    connection stops reading the peer's requests too.  Replies that wait
+    for the store's commit are its part L{CommitReplies}.
 
     @ivar server: the L{JobServer}.
     @ivar participant: what the server keeps for this connection, from
@@ -299,90 +295,6 @@ class GearmanProtocol(Protocol):
         if _direct.write(self.transport, self._socket, data) and self._measurable:
             self.check_output()
 
-    def reply_when_committed(self, job: Job) -> None:
-        """
-        Answer a submission with JOB_CREATED once the store has committed
-        its job (or with ERROR if it could not); what this connection is
-        sent meanwhile waits behind it, so replies keep their order.
-        """
-        held = self._held
-        if held is None:
-            held = self._held = deque()
-        # The job itself stands in the held output for its reply.
-        held.append(job)
-        self._uncommitted += 1
-        if self._uncommitted >= MAX_UNCOMMITTED and not self._commit_paused:
-            # A client that pipelines faster than the store commits would
-            # otherwise have every job it sent held whole in memory.
-            self._commit_paused = True
-            if self.transport is not None:
-                self.transport.pauseProducing()  # type: ignore[attr-defined]
-            self._guard.forget_stall(self)
-        assert job.commit_waiters is not None
-        job.commit_waiters.append(self._on_commit)
-
-    def _committed(self, job: Job, failure: Failure | None) -> None:
-        # Called by Durability once per submission of this connection that
-        # joined the job (see reply_when_committed).
-        self._uncommitted -= 1
-        if self._commit_paused and self._uncommitted <= MAX_UNCOMMITTED // 2:
-            self._resume_after_commits()
-        held = self._held
-        if held is None:
-            return
-        if failure is not None:
-            self._refuse_held(job, failure)
-        # Fast path: stores commit in order, so the job is the head of the
-        # held output; its JOB_CREATED is encoded and buffered inline (a
-        # call per reply instead of four).
-        batch = self._batch
-        while held:
-            item = held[0]
-            if type(item) is bytes:
-                data = item
-            elif item.commit_waiters is None:  # type: ignore[union-attr]
-                handle = item.handle  # type: ignore[union-attr]
-                data = _JOB_CREATED_HEAD + _pack_size(len(handle)) + handle
-            else:
-                return
-            held.popleft()
-            if self.closed:
-                continue
-            if batch.depth:
-                # As _emit, inline.
-                self._traffic.packets_out += 1
-                out = self._out
-                if not out:
-                    batch.mark_dirty(self)
-                out.append(data)
-            else:
-                self._emit(data)
-        self._held = None
-
-    def _resume_after_commits(self) -> None:
-        self._commit_paused = False
-        if self.transport is not None and not self.closed and not self.paused:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
-            timeout = self._settings.read_timeout
-            if self._reserved and timeout:
-                self._guard.watch_stall(self, self.server.reactor.seconds() + timeout)
-
-    def _refuse_held(self, job: Job, failure: Failure) -> None:
-        # The store failed to commit the job: each held reply for it
-        # becomes an ERROR (the later calls for the same job find none).
-        held = self._held
-        assert held is not None
-        text = b"The job store failed: " + _text(failure)
-        for i in [i for i, item in enumerate(held) if item is job]:
-            self.log.info(
-                "Refused a submission of {function} from {peer}: {code} {text}",
-                function=job.queue.name.decode("utf-8", "backslashreplace"),
-                peer=self.describe(),
-                code="QUEUE_ERROR",
-                text=text.decode("utf-8", "replace"),
-            )
-            held[i] = _encode(_ERROR, b"QUEUE_ERROR", text)
-
     def send_error(self, code: bytes, text: bytes) -> None:
         """
         Send an ERROR packet.
@@ -608,10 +520,6 @@ class GearmanProtocol(Protocol):
 
 _SPLIT_IS_FAST = wire.SPLIT_IS_FAST
 
-#: JOB_CREATED's header up to its size field.
-_JOB_CREATED_HEAD = wire.RESPONSE_MAGIC + struct.pack(">I", _JOB_CREATED)
-_pack_size = struct.Struct(">I").pack
-
 
 def _created(self: GearmanProtocol, job: Job) -> None:
     """
@@ -722,10 +630,6 @@ def _ignore(failure: Failure) -> None:
     """
     The store failed to open: the server closes every connection itself.
     """
-
-
-def _text(failure: Failure) -> bytes:
-    return failure.getErrorMessage().encode("utf-8", "replace")[:200]
 
 
 def _malformed(ptype: int, want: int) -> GearmanError:

@@ -479,9 +479,9 @@ class BackpressureTests(DurabilityTestMixin, SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        from txgearmand import protocol
+        from txgearmand import commits
 
-        self.patch(protocol, "MAX_UNCOMMITTED", 4)
+        self.patch(commits, "MAX_UNCOMMITTED", 4)
         self.start(ManualStore())
 
     def test_pauses_and_resumes(self) -> None:

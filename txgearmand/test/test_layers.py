@@ -87,6 +87,8 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.server": SERVER,
     # 3: adapters.
     "txgearmand.protocol": ADAPTERS,
+    # A part of GearmanProtocol: replies held behind the store's commits.
+    "txgearmand.commits": ADAPTERS,
     "txgearmand.admin": ADAPTERS,
     "txgearmand.status": ADAPTERS,
     "txgearmand.metrics": ADAPTERS,

@@ -1,0 +1,174 @@
+# -*- test-case-name: txgearmand.test.test_durability,txgearmand.test.test_hotpath -*-
+"""
+Replies that wait for the store: the part of
+L{txgearmand.protocol.GearmanProtocol} that answers a submission with
+JOB_CREATED only once the store has committed its job, holds what the
+connection is sent meanwhile behind it so replies keep their order, and
+stops reading a client that has L{MAX_UNCOMMITTED} submissions waiting.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import ITransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txgearmand import wire
+from txgearmand.batching import OutputBatch
+from txgearmand.guard import Guard
+from txgearmand.job import Job
+from txgearmand.meters import Traffic
+from txgearmand.server import JobServer
+from txgearmand.settings import Settings
+from txgearmand.wire import PacketType
+
+__all__ = ["MAX_UNCOMMITTED", "CommitReplies"]
+
+#: Background submissions a connection may have waiting for the store's
+#: commit before it stops reading (and reads again once half are
+#: answered): a client pipelining faster than the store commits holds at
+#: most this many jobs whole in memory, not all it sent.
+MAX_UNCOMMITTED = 4096
+
+_encode = wire.encode
+_ERROR = PacketType.ERROR
+#: JOB_CREATED's header up to its size field.
+_JOB_CREATED_HEAD = wire.RESPONSE_MAGIC + struct.pack(">I", PacketType.JOB_CREATED)
+_pack_size = struct.Struct(">I").pack
+
+
+class CommitReplies:
+    """
+    Replies held behind the store's commits, and the backpressure on
+    clients that submit faster than it commits: a part of
+    L{GearmanProtocol<txgearmand.protocol.GearmanProtocol>}, which sets
+    the attributes it uses.
+    """
+
+    log: Logger
+    server: JobServer
+    transport: ITransport | None
+    closed: bool
+    paused: bool
+    _batch: OutputBatch
+    _out: list[bytes]
+    _traffic: Traffic
+    _guard: Guard
+    _settings: Settings
+    _reserved: int
+    #: Output held back behind submissions the store has not committed:
+    #: bytes, and the submitted jobs (each stands for its reply).
+    _held: deque[bytes | Job] | None
+    #: L{_committed}, bound once.
+    _on_commit: Callable[[Job, Failure | None], None]
+    #: Submissions waiting for the store.
+    _uncommitted: int
+    #: Whether waiting for the store stopped reads.
+    _commit_paused: bool
+
+    if TYPE_CHECKING:
+        # GearmanProtocol's, which this is a part of (and, with
+        # check_output, stalled and flush, what makes it the guard's
+        # Guarded and the batch's Flushable).
+        def describe(self) -> str: ...
+
+        def check_output(self) -> None: ...
+
+        def stalled(self) -> None: ...
+
+        def flush(self) -> None: ...
+
+        def _emit(self, data: bytes) -> None: ...
+
+    def reply_when_committed(self, job: Job) -> None:
+        """
+        Answer a submission with JOB_CREATED once the store has committed
+        its job (or with ERROR if it could not); what this connection is
+        sent meanwhile waits behind it, so replies keep their order.
+        """
+        held = self._held
+        if held is None:
+            held = self._held = deque()
+        # The job itself stands in the held output for its reply.
+        held.append(job)
+        self._uncommitted += 1
+        if self._uncommitted >= MAX_UNCOMMITTED and not self._commit_paused:
+            # A client that pipelines faster than the store commits would
+            # otherwise have every job it sent held whole in memory.
+            self._commit_paused = True
+            if self.transport is not None:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self._guard.forget_stall(self)
+        assert job.commit_waiters is not None
+        job.commit_waiters.append(self._on_commit)
+
+    def _committed(self, job: Job, failure: Failure | None) -> None:
+        # Called by Durability once per submission of this connection that
+        # joined the job (see reply_when_committed).
+        self._uncommitted -= 1
+        if self._commit_paused and self._uncommitted <= MAX_UNCOMMITTED // 2:
+            self._resume_after_commits()
+        held = self._held
+        if held is None:
+            return
+        if failure is not None:
+            self._refuse_held(job, failure)
+        # Fast path: stores commit in order, so the job is the head of the
+        # held output; its JOB_CREATED is encoded and buffered inline (a
+        # call per reply instead of four).
+        batch = self._batch
+        while held:
+            item = held[0]
+            if type(item) is bytes:
+                data = item
+            elif item.commit_waiters is None:  # type: ignore[union-attr]
+                handle = item.handle  # type: ignore[union-attr]
+                data = _JOB_CREATED_HEAD + _pack_size(len(handle)) + handle
+            else:
+                return
+            held.popleft()
+            if self.closed:
+                continue
+            if batch.depth:
+                # As _emit, inline.
+                self._traffic.packets_out += 1
+                out = self._out
+                if not out:
+                    batch.mark_dirty(self)
+                out.append(data)
+            else:
+                self._emit(data)
+        self._held = None
+
+    def _resume_after_commits(self) -> None:
+        self._commit_paused = False
+        if self.transport is not None and not self.closed and not self.paused:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            timeout = self._settings.read_timeout
+            if self._reserved and timeout:
+                self._guard.watch_stall(self, self.server.reactor.seconds() + timeout)
+
+    def _refuse_held(self, job: Job, failure: Failure) -> None:
+        # The store failed to commit the job: each held reply for it
+        # becomes an ERROR (the later calls for the same job find none).
+        held = self._held
+        assert held is not None
+        text = b"The job store failed: " + _text(failure)
+        for i in [i for i, item in enumerate(held) if item is job]:
+            self.log.info(
+                "Refused a submission of {function} from {peer}: {code} {text}",
+                function=job.queue.name.decode("utf-8", "backslashreplace"),
+                peer=self.describe(),
+                code="QUEUE_ERROR",
+                text=text.decode("utf-8", "replace"),
+            )
+            held[i] = _encode(_ERROR, b"QUEUE_ERROR", text)
+
+
+def _text(failure: Failure) -> bytes:
+    return failure.getErrorMessage().encode("utf-8", "replace")[:200]
