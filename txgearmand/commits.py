@@ -66,6 +66,8 @@ class CommitReplies:
     _held: deque[bytes | Job] | None
     #: L{_committed}, bound once.
     _on_commit: Callable[[Job, Failure | None], None]
+    #: Jobs this connection submitted more than once before their commit.
+    _twice: set[Job] | None
     #: Submissions waiting for the store.
     _uncommitted: int
     #: Whether waiting for the store stopped reads.
@@ -104,8 +106,15 @@ class CommitReplies:
             if self.transport is not None:
                 self.transport.pauseProducing()  # type: ignore[attr-defined]
             self._guard.forget_stall(self)
-        assert job.commit_waiters is not None
-        job.commit_waiters.append(self._on_commit)
+        waiters = job.commit_waiters
+        assert waiters is not None
+        if waiters and self._on_commit in waiters:
+            # Joined again from this connection: if the store fails it,
+            # each of its held replies becomes an error at once.
+            if self._twice is None:
+                self._twice = set()
+            self._twice.add(job)
+        waiters.append(self._on_commit)
 
     def _committed(self, job: Job, failure: Failure | None) -> None:
         # Called by Durability once per submission of this connection that
@@ -118,6 +127,8 @@ class CommitReplies:
             return
         if failure is not None:
             self._refuse_held(job, failure)
+        elif self._twice is not None:
+            self._twice.discard(job)
         # Fast path: stores commit in order, so the job is the head of the
         # held output; its JOB_CREATED is encoded and buffered inline (a
         # call per reply instead of four).
@@ -154,12 +165,25 @@ class CommitReplies:
                 self._guard.watch_stall(self, self.server.reactor.seconds() + timeout)
 
     def _refuse_held(self, job: Job, failure: Failure) -> None:
-        # The store failed to commit the job: each held reply for it
-        # becomes an ERROR (the later calls for the same job find none).
+        # The store failed to commit the job: its held reply becomes an
+        # ERROR.  Stores commit in order, so it is found at the head; a job
+        # submitted twice has every reply turned at the first call (later
+        # calls for it find none), else the release that follows would
+        # take the second for committed.
         held = self._held
         assert held is not None
         text = b"The job store failed: " + _text(failure)
-        for i in [i for i, item in enumerate(held) if item is job]:
+        twice = self._twice
+        if twice is not None and job in twice:
+            twice.discard(job)
+            places = [i for i, item in enumerate(held) if item is job]
+        else:
+            places = []
+            for i, item in enumerate(held):
+                if item is job:
+                    places.append(i)
+                    break
+        for i in places:
             self.log.info(
                 "Refused a submission of {function} from {peer}: {code} {text}",
                 function=job.queue.name.decode("utf-8", "backslashreplace"),

@@ -83,6 +83,7 @@ class GearmanProtocol(CommitReplies, Protocol):
         #: bytes, and the submitted jobs (each stands for its reply).
         self._held: deque[bytes | Job] | None = None
         self._on_commit = self._committed
+        self._twice: set[Job] | None = None
         # Submissions waiting for the store, and whether that stopped reads.
         self._uncommitted = 0
         self._commit_paused = False
