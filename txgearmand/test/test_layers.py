@@ -85,6 +85,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.access": MODEL,
     # 2: the job server.
     "txgearmand.server": SERVER,
+    "txgearmand.steps": SERVER,
     # 3: adapters.
     "txgearmand.protocol": ADAPTERS,
     # A part of GearmanProtocol: replies held behind the store's commits.
