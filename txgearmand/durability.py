@@ -11,8 +11,9 @@ store has committed it.
 
 With a store several servers share (an L{ISharedJobStore}), it also calls
 the store's C{adopt} on a timer (L{txgearmand.takeover.SharedStore}, a part
-of it).  With a store that gives payloads back, long queues spill
-(L{txgearmand.spill}).
+of it).  It times the store's writes and says when the store is slow
+(L{txgearmand.storewatch.StoreWatch}, a part of it).  With a store that
+gives payloads back, long queues spill (L{txgearmand.spill}).
 
 Jobs in the failed list (L{txgearmand.deadletter}) keep their rows, with
 their failure fields (L{StoredJob.failed_at}): replayed or adopted, they go
@@ -43,6 +44,7 @@ from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import FunctionQueue, Job, JobState
 from txgearmand.schedule import Schedule
 from txgearmand.spill import Spill
+from txgearmand.storewatch import StoreWatch
 from txgearmand.takeover import SharedStore
 
 __all__ = ["Durability"]
@@ -52,14 +54,14 @@ _QUEUED = JobState.QUEUED
 _RUNNING = JobState.RUNNING
 
 
-class Durability(SharedStore):
+class Durability(StoreWatch, SharedStore):
     """
     Keeps background jobs in a store (or, with no store, does nothing).
 
     @ivar store: the L{IJobStore}, or C{None}.
     @ivar ready: False until the store is opened and loaded.
     @ivar slow: a write has taken longer than the slow threshold, and none
-        has been quick since.
+        has been quick since (see L{StoreWatch}, a part of it).
     @ivar watch_timer: the timer that looks at the writes still running
         (only while there are some), or C{None}.
     @ivar failed: the L{FailedList} replayed and adopted failed jobs go
@@ -520,80 +522,6 @@ class Durability(SharedStore):
         # The store logged it.  The ids go with the next writes (or, with
         # a shared store, once it answers again).
         self._remove_again.extend(ids)
-
-    # -- is the store slow? ---------------------------------------------
-
-    def _writing_started(self) -> int:
-        assert self._clock is not None
-        self._writes += 1
-        self._writing[self._writes] = self._clock.seconds()
-        if self.watch_timer is None and self._slow_after:
-            self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
-        return self._writes
-
-    def _wrote(self, result: object, write: int, changes: int) -> object:
-        assert self._clock is not None
-        started = self._writing.pop(write, None)
-        if started is None:
-            return result
-        now = self._clock.seconds()
-        took = now - started
-        if self._latency is not None:
-            self._latency.observe(took)
-        if isinstance(result, Failure):
-            self.last_error = (
-                " ".join(str(result.value).split()) or type(result.value).__name__,
-                now,
-            )
-        if not self._slow_after:
-            return result
-        if took > self._slow_after:
-            self._became_slow("writing {changes} job changes took {seconds:.3f} s", changes, took)
-        elif self.slow and not isinstance(result, Failure) and not self._waited_too_long():
-            self.slow = False
-            self.log.info(
-                "The job store is quick again: writing {changes} job changes took {seconds:.3f} s",
-                changes=changes,
-                seconds=took,
-            )
-        return result
-
-    def _became_slow(self, how: str, changes: int, seconds: float) -> None:
-        if self.slow:
-            return
-        self.slow = True
-        self.log.warn(
-            "The job store is slow: " + how + " (more than {threshold} s); jobs are"
-            " acknowledged only once it has them",
-            changes=changes,
-            seconds=seconds,
-            threshold=self._slow_after,
-        )
-
-    def _waited_too_long(self) -> float:
-        """
-        How long the oldest write still running has waited, if longer than
-        the threshold (else 0).
-        """
-        assert self._clock is not None
-        if not self._writing:
-            return 0.0
-        waited = self._clock.seconds() - next(iter(self._writing.values()))
-        return waited if waited > self._slow_after else 0.0
-
-    def _check_writes(self) -> None:
-        # Runs only while writes are outstanding: a store that hangs is
-        # reported before it fails.
-        self.watch_timer = None
-        waited = self._waited_too_long()
-        if waited:
-            self._became_slow(
-                "a write has waited {seconds:.3f} s ({changes} writes outstanding)",
-                len(self._writing),
-                waited,
-            )
-        if self._writing and self._clock is not None:
-            self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
 
     def _committed(self, result: object, jobs: list[Job]) -> None:
         # The replies go out together, once per connection, next turn.

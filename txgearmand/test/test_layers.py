@@ -81,6 +81,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.failures": MODEL,
     "txgearmand.spill": MODEL,
     "txgearmand.takeover": MODEL,
+    "txgearmand.storewatch": MODEL,
     "txgearmand.meters": MODEL,
     "txgearmand.access": MODEL,
     # 2: the job server.
