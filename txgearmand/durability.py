@@ -3,11 +3,11 @@
 Durability: the bridge between the job server and its L{IJobStore}.
 
 It opens and loads the store at start (the server replays what it
-loaded), says when the server is ready, hands the store the background
-jobs accepted and ended in each reactor turn - one C{add_many} and one
-C{remove_many} per turn, when the output batch flushes - and tells each
-job's commit waiters (the submitters waiting for JOB_CREATED) once the
-store has committed it.
+loaded) and says when the server is ready (L{txgearmand.replay.Replay}, a
+part of it).  It hands the store the background jobs accepted and ended
+in each reactor turn - one C{add_many} and one C{remove_many} per turn,
+when the output batch flushes - and tells each job's commit waiters (the
+submitters waiting for JOB_CREATED) once the store has committed it.
 
 With a store several servers share (an L{ISharedJobStore}), it also calls
 the store's C{adopt} on a timer (L{txgearmand.takeover.SharedStore}, a part
@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
-from txgearmand.deadletter import FailedJob, FailedList
+from txgearmand.deadletter import FailedList
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import (
     IJobStore,
@@ -39,9 +39,10 @@ from txgearmand.interfaces import (
     SpilledRow,
     StoredJob,
 )
-from txgearmand.job import JobTable, stored_job
+from txgearmand.job import JobTable
 from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import FunctionQueue, Job, JobState
+from txgearmand.replay import Replay
 from txgearmand.schedule import Schedule
 from txgearmand.spill import Spill
 from txgearmand.storewatch import StoreWatch
@@ -54,12 +55,13 @@ _QUEUED = JobState.QUEUED
 _RUNNING = JobState.RUNNING
 
 
-class Durability(StoreWatch, SharedStore):
+class Durability(Replay, StoreWatch, SharedStore):
     """
     Keeps background jobs in a store (or, with no store, does nothing).
 
     @ivar store: the L{IJobStore}, or C{None}.
-    @ivar ready: False until the store is opened and loaded.
+    @ivar ready: False until the store is opened and loaded (see
+        L{Replay}, a part of it).
     @ivar slow: a write has taken longer than the slow threshold, and none
         has been quick since (see L{StoreWatch}, a part of it).
     @ivar watch_timer: the timer that looks at the writes still running
@@ -170,178 +172,7 @@ class Durability(StoreWatch, SharedStore):
         """
         return bool(getattr(self.store, "down", False))
 
-    # -- start and stop -------------------------------------------------
-
-    def open(self) -> Deferred[list[StoredJob]]:
-        """
-        Open the store and load what it kept.
-
-        @return: a Deferred firing with the stored jobs, in order.
-        """
-        store = self.store
-        if store is None:
-            return succeed([])
-        d: Deferred[Any] = maybeDeferred(store.open)
-        if self._spill_after:
-            spilling: Any = store
-            d.addCallback(lambda _: spilling.load_index())
-            return d.addCallback(self._loaded_index)
-        d.addCallback(lambda _: store.load())
-        return d.addCallback(self._loaded)
-
-    def _loaded(self, records: list[StoredJob]) -> list[StoredJob]:
-        for record in records:
-            self._seq = max(self._seq, record.id)
-        return records
-
-    def _loaded_index(self, loaded: tuple[list[StoredJob], list[SpilledRow]]) -> list[StoredJob]:
-        records, self._spilled_rows = loaded
-        if self._spilled_rows:
-            self._seq = self._spilled_rows[-1][0]
-        return self._loaded(records)
-
-    def replay(
-        self,
-        records: list[StoredJob],
-        table: JobTable,
-        registry: FunctionRegistry,
-        schedule: Schedule,
-    ) -> None:
-        """
-        Queue again the jobs the store kept, in their order (with new
-        handles where a live job has theirs), then say the server is ready.
-        """
-        with self._batch:
-            if self._spill_after:
-                self._start_spill(table, registry)
-            failed = self._queue(records, table, registry, schedule, None)
-            self._keep_failed(failed, "stored")
-            spilled, self._spilled_rows = self._spilled_rows, []
-            if spilled:
-                failed_list = self.failed
-                assert self.spill is not None
-                self.spill.replay(
-                    spilled,
-                    registry,
-                    (lambda handle: handle in failed_list)
-                    if failed_list
-                    else (lambda handle: False),
-                )
-        for fq in registry.over_limit():
-            self.log.warn(
-                "{function} has {n} stored jobs, over its max queue; all are kept",
-                function=fq.name.decode("utf-8", "backslashreplace"),
-                n=fq.total(),
-            )
-        self.log.info(
-            "Replayed {n} stored jobs ({failed} of them in the failed list)",
-            n=len(records) - len(failed) + len(spilled),
-            failed=len(failed),
-        )
-        self._model = (table, registry, schedule)
-        self.set_ready()
-        self._schedule_adopt()
-
-    def _queue(
-        self,
-        records: list[StoredJob],
-        table: JobTable,
-        registry: FunctionRegistry,
-        schedule: Schedule,
-        enqueue: Callable[[Job], None] | None,
-    ) -> list[FailedJob]:
-        """
-        Make and queue jobs from records: replayed ones (no C{enqueue}: no
-        worker is connected yet) under their handles where free, adopted
-        ones under new handles, queued with C{enqueue}.
-
-        @return: the records' jobs that are in the failed list, not queued
-            (see L{_keep_failed}).
-        """
-        now = schedule.now()
-        adopted = enqueue is not None
-        failed_list = self.failed
-        failed: list[FailedJob] = []
-        for record in records:
-            handle = record.handle
-            if adopted:
-                handle = table.new_handle()
-            else:
-                table.note_handle(handle)
-                if handle in table.by_handle or (failed_list is not None and handle in failed_list):
-                    handle = table.new_handle()
-            if record.failed_at is not None:
-                failed.append(FailedJob.from_record(record, handle))
-                continue
-            job = stored_job(record, handle, registry.function(record.function))
-            table.add(job)
-            if record.when is not None and record.when > now:
-                schedule.add(job)
-            elif enqueue is not None:
-                enqueue(job)
-            else:
-                job.queue.push(job)
-        return failed
-
-    def _start_spill(self, table: JobTable, registry: FunctionRegistry) -> None:
-        assert self._clock is not None
-        spill = self.spill = Spill(
-            self.store,  # type: ignore[arg-type]
-            table,
-            self._spill_after,
-            self._batch,
-            self._clock,
-            self._wake or _no_wake,
-            self._lost,
-            self._dropped or _no_drop,
-        )
-        registry.on_function = spill.attach
-        for fq in registry:
-            spill.attach(fq)
-
-    def _keep_failed(self, jobs: list[FailedJob], how: str) -> None:
-        """
-        Failed jobs replayed or adopted join the failed list, within its
-        bounds; with the list off, their rows are removed.
-        """
-        if not jobs:
-            return
-        failed = self.failed
-        if failed is not None and failed.on:
-            failed.add_many(sorted(jobs, key=lambda job: job.last_failed))
-            return
-        self.log.info(
-            "Dropped {n} {how} jobs of the failed list: it is off (--failed-keep 0)",
-            n=len(jobs),
-            how=how,
-        )
-        for job in jobs:
-            if job.store_id is not None:
-                self.remove(job.store_id)
-
-    def when_ready(self) -> Deferred[None]:
-        """
-        A Deferred that fires once the store is replayed (at once if it
-        is), or fails if it could not be opened.
-        """
-        if self.ready:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._ready_waiters.append(d)
-        return d
-
-    def set_ready(self, failure: Failure | None = None) -> None:
-        """
-        The store is replayed (or, with a failure, could not be).
-        """
-        self.ready = failure is None
-        waiters, self._ready_waiters = self._ready_waiters, []
-        with self._batch:
-            for d in waiters:
-                if failure is None:
-                    d.callback(None)
-                else:
-                    d.errback(failure)
+    # -- stop -----------------------------------------------------------
 
     def close(self) -> Deferred[None]:
         """
@@ -568,11 +399,3 @@ class Durability(StoreWatch, SharedStore):
                     self._lost(job)
             for waiter in waiters:
                 waiter(job, failure)
-
-
-def _no_wake(fq: FunctionQueue) -> None:
-    pass
-
-
-def _no_drop(fq: FunctionQueue, n: int) -> None:
-    pass

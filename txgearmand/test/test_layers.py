@@ -82,6 +82,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.spill": MODEL,
     "txgearmand.takeover": MODEL,
     "txgearmand.storewatch": MODEL,
+    "txgearmand.replay": MODEL,
     "txgearmand.meters": MODEL,
     "txgearmand.access": MODEL,
     # 2: the job server.
