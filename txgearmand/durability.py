@@ -3,16 +3,17 @@
 Durability: the bridge between the job server and its L{IJobStore}.
 
 It opens and loads the store at start (the server replays what it
-loaded), says when the server is ready, hands the store the background
-jobs accepted and ended in each reactor turn - one C{add_many} and one
-C{remove_many} per turn, when the output batch flushes - and tells each
-job's commit waiters (the submitters waiting for JOB_CREATED) once the
-store has committed it.
+loaded) and says when the server is ready (L{txgearmand.replay.Replay}, a
+part of it).  It hands the store the background jobs accepted and ended
+in each reactor turn - one C{add_many} and one C{remove_many} per turn,
+when the output batch flushes - and tells each job's commit waiters (the
+submitters waiting for JOB_CREATED) once the store has committed it.
 
 With a store several servers share (an L{ISharedJobStore}), it also calls
 the store's C{adopt} on a timer (L{txgearmand.takeover.SharedStore}, a part
-of it).  With a store that gives payloads back, long queues spill
-(L{txgearmand.spill}).
+of it).  It times the store's writes and says when the store is slow
+(L{txgearmand.storewatch.StoreWatch}, a part of it).  With a store that
+gives payloads back, long queues spill (L{txgearmand.spill}).
 
 Jobs in the failed list (L{txgearmand.deadletter}) keep their rows, with
 their failure fields (L{StoredJob.failed_at}): replayed or adopted, they go
@@ -30,7 +31,7 @@ from twisted.python.failure import Failure
 
 from txgearmand import _log
 from txgearmand.batching import OutputBatch
-from txgearmand.deadletter import FailedJob, FailedList
+from txgearmand.deadletter import FailedList
 from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import (
     IJobStore,
@@ -38,11 +39,13 @@ from txgearmand.interfaces import (
     SpilledRow,
     StoredJob,
 )
-from txgearmand.job import JobTable, stored_job
+from txgearmand.job import JobTable
 from txgearmand.meters import REFUSED, Histogram
 from txgearmand.records import FunctionQueue, Job, JobState
+from txgearmand.replay import Replay
 from txgearmand.schedule import Schedule
 from txgearmand.spill import Spill
+from txgearmand.storewatch import StoreWatch
 from txgearmand.takeover import SharedStore
 
 __all__ = ["Durability"]
@@ -52,14 +55,15 @@ _QUEUED = JobState.QUEUED
 _RUNNING = JobState.RUNNING
 
 
-class Durability(SharedStore):
+class Durability(Replay, StoreWatch, SharedStore):
     """
     Keeps background jobs in a store (or, with no store, does nothing).
 
     @ivar store: the L{IJobStore}, or C{None}.
-    @ivar ready: False until the store is opened and loaded.
+    @ivar ready: False until the store is opened and loaded (see
+        L{Replay}, a part of it).
     @ivar slow: a write has taken longer than the slow threshold, and none
-        has been quick since.
+        has been quick since (see L{StoreWatch}, a part of it).
     @ivar watch_timer: the timer that looks at the writes still running
         (only while there are some), or C{None}.
     @ivar failed: the L{FailedList} replayed and adopted failed jobs go
@@ -168,178 +172,7 @@ class Durability(SharedStore):
         """
         return bool(getattr(self.store, "down", False))
 
-    # -- start and stop -------------------------------------------------
-
-    def open(self) -> Deferred[list[StoredJob]]:
-        """
-        Open the store and load what it kept.
-
-        @return: a Deferred firing with the stored jobs, in order.
-        """
-        store = self.store
-        if store is None:
-            return succeed([])
-        d: Deferred[Any] = maybeDeferred(store.open)
-        if self._spill_after:
-            spilling: Any = store
-            d.addCallback(lambda _: spilling.load_index())
-            return d.addCallback(self._loaded_index)
-        d.addCallback(lambda _: store.load())
-        return d.addCallback(self._loaded)
-
-    def _loaded(self, records: list[StoredJob]) -> list[StoredJob]:
-        for record in records:
-            self._seq = max(self._seq, record.id)
-        return records
-
-    def _loaded_index(self, loaded: tuple[list[StoredJob], list[SpilledRow]]) -> list[StoredJob]:
-        records, self._spilled_rows = loaded
-        if self._spilled_rows:
-            self._seq = self._spilled_rows[-1][0]
-        return self._loaded(records)
-
-    def replay(
-        self,
-        records: list[StoredJob],
-        table: JobTable,
-        registry: FunctionRegistry,
-        schedule: Schedule,
-    ) -> None:
-        """
-        Queue again the jobs the store kept, in their order (with new
-        handles where a live job has theirs), then say the server is ready.
-        """
-        with self._batch:
-            if self._spill_after:
-                self._start_spill(table, registry)
-            failed = self._queue(records, table, registry, schedule, None)
-            self._keep_failed(failed, "stored")
-            spilled, self._spilled_rows = self._spilled_rows, []
-            if spilled:
-                failed_list = self.failed
-                assert self.spill is not None
-                self.spill.replay(
-                    spilled,
-                    registry,
-                    (lambda handle: handle in failed_list)
-                    if failed_list
-                    else (lambda handle: False),
-                )
-        for fq in registry.over_limit():
-            self.log.warn(
-                "{function} has {n} stored jobs, over its max queue; all are kept",
-                function=fq.name.decode("utf-8", "backslashreplace"),
-                n=fq.total(),
-            )
-        self.log.info(
-            "Replayed {n} stored jobs ({failed} of them in the failed list)",
-            n=len(records) - len(failed) + len(spilled),
-            failed=len(failed),
-        )
-        self._model = (table, registry, schedule)
-        self.set_ready()
-        self._schedule_adopt()
-
-    def _queue(
-        self,
-        records: list[StoredJob],
-        table: JobTable,
-        registry: FunctionRegistry,
-        schedule: Schedule,
-        enqueue: Callable[[Job], None] | None,
-    ) -> list[FailedJob]:
-        """
-        Make and queue jobs from records: replayed ones (no C{enqueue}: no
-        worker is connected yet) under their handles where free, adopted
-        ones under new handles, queued with C{enqueue}.
-
-        @return: the records' jobs that are in the failed list, not queued
-            (see L{_keep_failed}).
-        """
-        now = schedule.now()
-        adopted = enqueue is not None
-        failed_list = self.failed
-        failed: list[FailedJob] = []
-        for record in records:
-            handle = record.handle
-            if adopted:
-                handle = table.new_handle()
-            else:
-                table.note_handle(handle)
-                if handle in table.by_handle or (failed_list is not None and handle in failed_list):
-                    handle = table.new_handle()
-            if record.failed_at is not None:
-                failed.append(FailedJob.from_record(record, handle))
-                continue
-            job = stored_job(record, handle, registry.function(record.function))
-            table.add(job)
-            if record.when is not None and record.when > now:
-                schedule.add(job)
-            elif enqueue is not None:
-                enqueue(job)
-            else:
-                job.queue.push(job)
-        return failed
-
-    def _start_spill(self, table: JobTable, registry: FunctionRegistry) -> None:
-        assert self._clock is not None
-        spill = self.spill = Spill(
-            self.store,  # type: ignore[arg-type]
-            table,
-            self._spill_after,
-            self._batch,
-            self._clock,
-            self._wake or _no_wake,
-            self._lost,
-            self._dropped or _no_drop,
-        )
-        registry.on_function = spill.attach
-        for fq in registry:
-            spill.attach(fq)
-
-    def _keep_failed(self, jobs: list[FailedJob], how: str) -> None:
-        """
-        Failed jobs replayed or adopted join the failed list, within its
-        bounds; with the list off, their rows are removed.
-        """
-        if not jobs:
-            return
-        failed = self.failed
-        if failed is not None and failed.on:
-            failed.add_many(sorted(jobs, key=lambda job: job.last_failed))
-            return
-        self.log.info(
-            "Dropped {n} {how} jobs of the failed list: it is off (--failed-keep 0)",
-            n=len(jobs),
-            how=how,
-        )
-        for job in jobs:
-            if job.store_id is not None:
-                self.remove(job.store_id)
-
-    def when_ready(self) -> Deferred[None]:
-        """
-        A Deferred that fires once the store is replayed (at once if it
-        is), or fails if it could not be opened.
-        """
-        if self.ready:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._ready_waiters.append(d)
-        return d
-
-    def set_ready(self, failure: Failure | None = None) -> None:
-        """
-        The store is replayed (or, with a failure, could not be).
-        """
-        self.ready = failure is None
-        waiters, self._ready_waiters = self._ready_waiters, []
-        with self._batch:
-            for d in waiters:
-                if failure is None:
-                    d.callback(None)
-                else:
-                    d.errback(failure)
+    # -- stop -----------------------------------------------------------
 
     def close(self) -> Deferred[None]:
         """
@@ -521,80 +354,6 @@ class Durability(SharedStore):
         # a shared store, once it answers again).
         self._remove_again.extend(ids)
 
-    # -- is the store slow? ---------------------------------------------
-
-    def _writing_started(self) -> int:
-        assert self._clock is not None
-        self._writes += 1
-        self._writing[self._writes] = self._clock.seconds()
-        if self.watch_timer is None and self._slow_after:
-            self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
-        return self._writes
-
-    def _wrote(self, result: object, write: int, changes: int) -> object:
-        assert self._clock is not None
-        started = self._writing.pop(write, None)
-        if started is None:
-            return result
-        now = self._clock.seconds()
-        took = now - started
-        if self._latency is not None:
-            self._latency.observe(took)
-        if isinstance(result, Failure):
-            self.last_error = (
-                " ".join(str(result.value).split()) or type(result.value).__name__,
-                now,
-            )
-        if not self._slow_after:
-            return result
-        if took > self._slow_after:
-            self._became_slow("writing {changes} job changes took {seconds:.3f} s", changes, took)
-        elif self.slow and not isinstance(result, Failure) and not self._waited_too_long():
-            self.slow = False
-            self.log.info(
-                "The job store is quick again: writing {changes} job changes took {seconds:.3f} s",
-                changes=changes,
-                seconds=took,
-            )
-        return result
-
-    def _became_slow(self, how: str, changes: int, seconds: float) -> None:
-        if self.slow:
-            return
-        self.slow = True
-        self.log.warn(
-            "The job store is slow: " + how + " (more than {threshold} s); jobs are"
-            " acknowledged only once it has them",
-            changes=changes,
-            seconds=seconds,
-            threshold=self._slow_after,
-        )
-
-    def _waited_too_long(self) -> float:
-        """
-        How long the oldest write still running has waited, if longer than
-        the threshold (else 0).
-        """
-        assert self._clock is not None
-        if not self._writing:
-            return 0.0
-        waited = self._clock.seconds() - next(iter(self._writing.values()))
-        return waited if waited > self._slow_after else 0.0
-
-    def _check_writes(self) -> None:
-        # Runs only while writes are outstanding: a store that hangs is
-        # reported before it fails.
-        self.watch_timer = None
-        waited = self._waited_too_long()
-        if waited:
-            self._became_slow(
-                "a write has waited {seconds:.3f} s ({changes} writes outstanding)",
-                len(self._writing),
-                waited,
-            )
-        if self._writing and self._clock is not None:
-            self.watch_timer = self._clock.callLater(self._slow_after, self._check_writes)
-
     def _committed(self, result: object, jobs: list[Job]) -> None:
         # The replies go out together, once per connection, next turn.
         self._batch.hold_until_next_turn()
@@ -640,11 +399,3 @@ class Durability(SharedStore):
                     self._lost(job)
             for waiter in waiters:
                 waiter(job, failure)
-
-
-def _no_wake(fq: FunctionQueue) -> None:
-    pass
-
-
-def _no_drop(fq: FunctionQueue, n: int) -> None:
-    pass

@@ -81,6 +81,8 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.failures": MODEL,
     "txgearmand.spill": MODEL,
     "txgearmand.takeover": MODEL,
+    "txgearmand.storewatch": MODEL,
+    "txgearmand.replay": MODEL,
     "txgearmand.meters": MODEL,
     "txgearmand.access": MODEL,
     # 2: the job server.

@@ -1,0 +1,245 @@
+# -*- test-case-name: txgearmand.test.test_durability -*-
+"""
+The store at start: the part of L{txgearmand.durability.Durability} that
+opens the store and loads what it kept (with a store that spills, only an
+index of the long queues' tails), replays it - the jobs queued again in
+their order, those of the failed list back in it, the spilled ones as
+records - and says when the server is ready.  Adopted jobs are made and
+queued the same way (L{txgearmand.takeover}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from txgearmand.batching import OutputBatch
+from txgearmand.deadletter import FailedJob, FailedList
+from txgearmand.functions import FunctionRegistry
+from txgearmand.interfaces import IJobStore, SpilledRow, StoredJob
+from txgearmand.job import JobTable, stored_job
+from txgearmand.records import FunctionQueue, Job
+from txgearmand.schedule import Schedule
+from txgearmand.spill import Spill
+
+if TYPE_CHECKING:
+    from twisted.logger import Logger
+
+__all__ = ["Replay"]
+
+
+class Replay:
+    """
+    Opening, loading and replaying the store at start, and readiness: a
+    part of L{txgearmand.durability.Durability}, which sets the attributes
+    it uses.
+
+    @ivar ready: False until the store is opened and loaded.
+    @ivar spill: the L{Spill} of long queues, once replayed (C{None}: jobs
+        never spill).
+    """
+
+    log: Logger
+    store: IJobStore | None
+    ready: bool
+    failed: FailedList | None
+    spill: Spill | None
+    _batch: OutputBatch
+    _lost: Callable[[Job], None]
+    _ready_waiters: list[Deferred[None]]
+    _seq: int
+    _clock: IReactorTime | None
+    _spill_after: int
+    _wake: Callable[[FunctionQueue], None] | None
+    _dropped: Callable[[FunctionQueue, int], None] | None
+    _spilled_rows: list[SpilledRow]
+    _model: tuple[JobTable, FunctionRegistry, Schedule] | None
+
+    if TYPE_CHECKING:
+        # Durability's, which this is a part of.
+        def remove(self, store_id: int) -> None: ...
+
+        def _schedule_adopt(self) -> None: ...
+
+    def open(self) -> Deferred[list[StoredJob]]:
+        """
+        Open the store and load what it kept.
+
+        @return: a Deferred firing with the stored jobs, in order.
+        """
+        store = self.store
+        if store is None:
+            return succeed([])
+        d: Deferred[Any] = maybeDeferred(store.open)
+        if self._spill_after:
+            spilling: Any = store
+            d.addCallback(lambda _: spilling.load_index())
+            return d.addCallback(self._loaded_index)
+        d.addCallback(lambda _: store.load())
+        return d.addCallback(self._loaded)
+
+    def _loaded(self, records: list[StoredJob]) -> list[StoredJob]:
+        for record in records:
+            self._seq = max(self._seq, record.id)
+        return records
+
+    def _loaded_index(self, loaded: tuple[list[StoredJob], list[SpilledRow]]) -> list[StoredJob]:
+        records, self._spilled_rows = loaded
+        if self._spilled_rows:
+            self._seq = self._spilled_rows[-1][0]
+        return self._loaded(records)
+
+    def replay(
+        self,
+        records: list[StoredJob],
+        table: JobTable,
+        registry: FunctionRegistry,
+        schedule: Schedule,
+    ) -> None:
+        """
+        Queue again the jobs the store kept, in their order (with new
+        handles where a live job has theirs), then say the server is ready.
+        """
+        with self._batch:
+            if self._spill_after:
+                self._start_spill(table, registry)
+            failed = self._queue(records, table, registry, schedule, None)
+            self._keep_failed(failed, "stored")
+            spilled, self._spilled_rows = self._spilled_rows, []
+            if spilled:
+                failed_list = self.failed
+                assert self.spill is not None
+                self.spill.replay(
+                    spilled,
+                    registry,
+                    (lambda handle: handle in failed_list)
+                    if failed_list
+                    else (lambda handle: False),
+                )
+        for fq in registry.over_limit():
+            self.log.warn(
+                "{function} has {n} stored jobs, over its max queue; all are kept",
+                function=fq.name.decode("utf-8", "backslashreplace"),
+                n=fq.total(),
+            )
+        self.log.info(
+            "Replayed {n} stored jobs ({failed} of them in the failed list)",
+            n=len(records) - len(failed) + len(spilled),
+            failed=len(failed),
+        )
+        self._model = (table, registry, schedule)
+        self.set_ready()
+        self._schedule_adopt()
+
+    def _queue(
+        self,
+        records: list[StoredJob],
+        table: JobTable,
+        registry: FunctionRegistry,
+        schedule: Schedule,
+        enqueue: Callable[[Job], None] | None,
+    ) -> list[FailedJob]:
+        """
+        Make and queue jobs from records: replayed ones (no C{enqueue}: no
+        worker is connected yet) under their handles where free, adopted
+        ones under new handles, queued with C{enqueue}.
+
+        @return: the records' jobs that are in the failed list, not queued
+            (see L{_keep_failed}).
+        """
+        now = schedule.now()
+        adopted = enqueue is not None
+        failed_list = self.failed
+        failed: list[FailedJob] = []
+        for record in records:
+            handle = record.handle
+            if adopted:
+                handle = table.new_handle()
+            else:
+                table.note_handle(handle)
+                if handle in table.by_handle or (failed_list is not None and handle in failed_list):
+                    handle = table.new_handle()
+            if record.failed_at is not None:
+                failed.append(FailedJob.from_record(record, handle))
+                continue
+            job = stored_job(record, handle, registry.function(record.function))
+            table.add(job)
+            if record.when is not None and record.when > now:
+                schedule.add(job)
+            elif enqueue is not None:
+                enqueue(job)
+            else:
+                job.queue.push(job)
+        return failed
+
+    def _start_spill(self, table: JobTable, registry: FunctionRegistry) -> None:
+        assert self._clock is not None
+        spill = self.spill = Spill(
+            self.store,  # type: ignore[arg-type]
+            table,
+            self._spill_after,
+            self._batch,
+            self._clock,
+            self._wake or _no_wake,
+            self._lost,
+            self._dropped or _no_drop,
+        )
+        registry.on_function = spill.attach
+        for fq in registry:
+            spill.attach(fq)
+
+    def _keep_failed(self, jobs: list[FailedJob], how: str) -> None:
+        """
+        Failed jobs replayed or adopted join the failed list, within its
+        bounds; with the list off, their rows are removed.
+        """
+        if not jobs:
+            return
+        failed = self.failed
+        if failed is not None and failed.on:
+            failed.add_many(sorted(jobs, key=lambda job: job.last_failed))
+            return
+        self.log.info(
+            "Dropped {n} {how} jobs of the failed list: it is off (--failed-keep 0)",
+            n=len(jobs),
+            how=how,
+        )
+        for job in jobs:
+            if job.store_id is not None:
+                self.remove(job.store_id)
+
+    def when_ready(self) -> Deferred[None]:
+        """
+        A Deferred that fires once the store is replayed (at once if it
+        is), or fails if it could not be opened.
+        """
+        if self.ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def set_ready(self, failure: Failure | None = None) -> None:
+        """
+        The store is replayed (or, with a failure, could not be).
+        """
+        self.ready = failure is None
+        waiters, self._ready_waiters = self._ready_waiters, []
+        with self._batch:
+            for d in waiters:
+                if failure is None:
+                    d.callback(None)
+                else:
+                    d.errback(failure)
+
+
+def _no_wake(fq: FunctionQueue) -> None:
+    pass
+
+
+def _no_drop(fq: FunctionQueue, n: int) -> None:
+    pass
