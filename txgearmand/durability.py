@@ -52,7 +52,6 @@ __all__ = ["Durability"]
 
 _DONE = JobState.DONE
 _QUEUED = JobState.QUEUED
-_RUNNING = JobState.RUNNING
 
 
 class Durability(Replay, StoreWatch, SharedStore):

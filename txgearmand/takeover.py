@@ -63,7 +63,8 @@ class SharedStore:
     _update_again: dict[int, StoredJob]
 
     if TYPE_CHECKING:
-        # Durability's, which this is a part of.
+        # Durability's, which this is a part of (_queue and _keep_failed
+        # are its part Replay's).
         def flush(self) -> None: ...
 
         def _queue(
