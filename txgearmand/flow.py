@@ -21,15 +21,13 @@ from txgearmand.batching import OutputBatch
 from txgearmand.deadletter import FailedList
 from txgearmand.drain import Drain
 from txgearmand.durability import Durability
-from txgearmand.failures import FailurePolicy, exception_reason
+from txgearmand.failures import FailurePolicy
 from txgearmand.functions import FunctionRegistry
 from txgearmand.guard import Guard
 from txgearmand.interfaces import IJobStore
 from txgearmand.job import HIGH, JOB_OVERHEAD, LOW, NORMAL, Job, JobState, JobTable
 from txgearmand.meters import (
     CANCELLED,
-    COMPLETED,
-    EXCEPTIONS,
     FAILED,
     OTHER,
     REFUSED,
@@ -40,6 +38,7 @@ from txgearmand.meters import (
     Meters,
 )
 from txgearmand.records import CLIENT, WORKER, FunctionQueue, Participant
+from txgearmand.results import Results
 from txgearmand.schedule import Schedule
 from txgearmand.settings import Settings
 from txgearmand.wire import MAX_UNIQUE_SIZE, GearmanError, PacketType
@@ -52,7 +51,6 @@ _RUNNING = JobState.RUNNING
 _SCHEDULED = JobState.SCHEDULED
 _DONE = JobState.DONE
 _WORK_FAIL = PacketType.WORK_FAIL
-_NOT_FOUND_RESULT = b"Job given in work result not found"
 
 #: Each role's name in the log.
 _ROLES = ((CLIENT, "client"), (WORKER, "worker"))
@@ -65,9 +63,11 @@ _LOGGED_TEXT = 200
 text = _log.text
 
 
-class JobFlow(FailurePolicy):
+class JobFlow(FailurePolicy, Results):
     """
     Moves jobs through their states and keeps the counts of what it did.
+    Its parts: L{FailurePolicy} (failed background jobs and the failed
+    list) and L{Results} (what a worker sends about the jobs it holds).
 
     @ivar durability: the L{Durability} that keeps background jobs.
     @ivar workers: the L{Workers}: abilities, sleep and wake-up.
@@ -503,114 +503,6 @@ class JobFlow(FailurePolicy):
         self.finish(job)
         return True
 
-    # -- results --------------------------------------------------------
-
-    def work_status(
-        self, worker: Participant, handle: bytes, numerator: bytes, denominator: bytes
-    ) -> None:
-        """
-        WORK_STATUS: remember the progress and tell every listener.
-        """
-        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT, False)
-        if job is not None:
-            job.numerator = numerator
-            job.denominator = denominator
-            job.relay(PacketType.WORK_STATUS, handle, numerator, denominator)
-
-    def work_data(
-        self, worker: Participant, handle: bytes, data: bytes, warning: bool = False
-    ) -> None:
-        """
-        WORK_DATA (or, with C{warning}, WORK_WARNING): relay to every
-        listener.
-        """
-        job = worker.held.get(handle) or _not_held(
-            worker, handle, b"Job does not exist on server", False
-        )
-        if job is not None:
-            job.relay(PacketType.WORK_WARNING if warning else PacketType.WORK_DATA, handle, data)
-
-    def work_complete(self, worker: Participant, handle: bytes, data: bytes) -> None:
-        """
-        WORK_COMPLETE: relay the result to every listener; the job ends.
-        """
-        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT)
-        if job is not None:
-            job.relay(PacketType.WORK_COMPLETE, handle, data)
-            worker.jobs_done += 1
-            worker.jobs_finished += 1
-            job.queue.counts[COMPLETED] += 1
-            if job.started is not None:
-                self._ran(job)
-            if _log.debugging:
-                self.log.debug(
-                    "Job {handle} ({function}) completed by {worker}: {size} bytes,"
-                    " {clients} clients told",
-                    handle=text(handle),
-                    function=text(job.queue.name),
-                    worker=worker.describe(),
-                    size=len(data),
-                    clients=len(job.listeners),
-                )
-            self.finish(job)
-
-    def work_fail(self, worker: Participant, handle: bytes) -> None:
-        """
-        WORK_FAIL: tell every listener; the job ends.
-        """
-        job = worker.held.get(handle) or _not_held(worker, handle, _NOT_FOUND_RESULT)
-        if job is not None:
-            self.log.info(
-                "Job {handle} ({function}) failed on {worker} (WORK_FAIL)",
-                handle=text(handle),
-                function=text(job.queue.name),
-                worker=worker.describe(),
-            )
-            job.relay(_WORK_FAIL, handle)
-            worker.jobs_done += 1
-            worker.jobs_finished += 1
-            job.queue.counts[FAILED] += 1
-            if job.started is not None:
-                self._ran(job)
-            if job.require_listener:
-                self.finish(job)
-            else:
-                self._failed(job, "failed")
-
-    def work_exception(self, worker: Participant, handle: bytes, data: bytes) -> None:
-        """
-        WORK_EXCEPTION ends the job (as in C gearmand): listeners that asked
-        for exceptions (or all, with the C{exceptions} setting) get it, the
-        others get WORK_FAIL.
-        """
-        job = worker.held.get(handle) or _not_held(
-            worker, handle, b"An exception was received for a job that does not exist"
-        )
-        if job is not None:
-            self.log.info(
-                "Job {handle} ({function}) raised on {worker}: {exception}",
-                handle=text(handle),
-                function=text(job.queue.name),
-                worker=worker.describe(),
-                exception=exception_reason(data),
-            )
-            job.relay_exception(data, self.settings.exceptions)
-            worker.jobs_done += 1
-            worker.jobs_finished += 1
-            job.queue.counts[EXCEPTIONS] += 1
-            if job.started is not None:
-                self._ran(job)
-            # Perl's Gearman::Worker follows WORK_EXCEPTION with WORK_FAIL.
-            worker.remember_released(handle)
-            if job.require_listener:
-                self.finish(job)
-            else:
-                self._failed(job, "exception: " + exception_reason(data))
-
-    def _ran(self, job: Job) -> None:
-        assert job.started is not None
-        self.meters.run_time.observe(self.reactor.seconds() - job.started)
-
 
 def _debug_submit(
     self: JobFlow, job: Job, client: Participant | None, size: int, background: bool, how: str
@@ -655,17 +547,3 @@ def cancel_timer(job: Job) -> None:
         if timer.active():
             timer.cancel()
         job.timer = None
-
-
-def _not_held(worker: Participant, handle: bytes, message: bytes, final: bool = True) -> Job | None:
-    """
-    A worker's result for a job it does not hold: dropped quietly (C{None})
-    if the server took that job from it (a final result ends that grace).
-
-    @raise GearmanError: C{JOB_NOT_FOUND} for a job it never held.
-    """
-    if handle in worker.released:
-        if final:
-            del worker.released[handle]
-        return None
-    raise GearmanError(b"JOB_NOT_FOUND", message)

@@ -79,6 +79,7 @@ LAYERS: Mapping[str, int] = {
     "txgearmand.flow": MODEL,
     "txgearmand.deadletter": MODEL,
     "txgearmand.failures": MODEL,
+    "txgearmand.results": MODEL,
     "txgearmand.spill": MODEL,
     "txgearmand.takeover": MODEL,
     "txgearmand.storewatch": MODEL,
