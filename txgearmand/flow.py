@@ -55,9 +55,6 @@ _WORK_FAIL = PacketType.WORK_FAIL
 #: Each role's name in the log.
 _ROLES = ((CLIENT, "client"), (WORKER, "worker"))
 
-#: How much of an exception's text the log shows.
-_LOGGED_TEXT = 200
-
 
 #: Bytes from the wire as text for the log (not a Python repr).
 text = _log.text
