@@ -36,7 +36,6 @@ from txgearmand.functions import FunctionRegistry
 from txgearmand.interfaces import (
     IJobStore,
     ISpillStore,
-    SpilledRow,
     StoredJob,
 )
 from txgearmand.job import JobTable
@@ -158,7 +157,6 @@ class Durability(Replay, StoreWatch, SharedStore):
         )
         self._wake = wake
         self._dropped = dropped
-        self._spilled_rows: list[SpilledRow] = []
         #: The L{Spill} of long queues, once replayed (C{None}: jobs never
         #: spill).
         self.spill: Spill | None = None

@@ -195,17 +195,25 @@ class ISpillStore(IJobStore):
     a small record of each queued background job beyond the first few of
     its function and priority (see L{txgearmand.spill}), and fetches the
     payloads a few thousand at a time, ahead of the workers.
+
+    A replay reads the stored jobs as L{load_whole} and then L{load_index}
+    a chunk at a time, instead of L{IJobStore.load}.
     """
 
-    def load_index() -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+    def load_whole() -> Deferred[list[StoredJob]]:
         """
-        Every stored job, as L{IJobStore.load}, but without the payloads of
-        the queued ones: the jobs to run at a later time, the jobs of the
-        failed list and the jobs with the unique C{-} (they coalesce on
-        their payload) whole, every other one as a L{SpilledRow}.
+        The stored jobs that come back whole at a replay: the jobs to run
+        at a later time, the jobs of the failed list and the jobs with the
+        unique C{-} (they coalesce on their payload).
 
-        @return: a Deferred firing with the whole jobs and the rows, each in
-            id order.
+        @return: a Deferred firing with them, in id order.
+        """
+
+    def load_index(after: int, limit: int) -> Deferred[list[SpilledRow]]:
+        """
+        The other stored jobs, without their payloads: at most C{limit}
+        rows of those whose id is above C{after}, in id order (a replay
+        reads them a chunk at a time, and never holds them all).
         """
 
     def fetch(job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:

@@ -1,8 +1,8 @@
 # -*- test-case-name: txgearmand.test.test_durability -*-
 """
 The store at start: the part of L{txgearmand.durability.Durability} that
-opens the store and loads what it kept (with a store that spills, only an
-index of the long queues' tails), replays it - the jobs queued again in
+opens the store and loads what it kept (with a store that spills, the
+queued jobs only as records, a chunk at a time), replays it - the jobs queued again in
 their order, those of the failed list back in it, the spilled ones as
 records - and says when the server is ready.  Adopted jobs are made and
 queued the same way (L{txgearmand.takeover}).
@@ -10,6 +10,7 @@ queued the same way (L{txgearmand.takeover}).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,12 @@ from txgearmand.spill import Spill
 if TYPE_CHECKING:
     from twisted.logger import Logger
 
-__all__ = ["Replay"]
+__all__ = ["INDEX_CHUNK", "Replay"]
+
+#: Records a replay reads from a store that spills at a time (see
+#: L{ISpillStore.load_index}): a chunk is about 10 MiB of rows, held only
+#: while it is queued.
+INDEX_CHUNK = 50_000
 
 
 class Replay:
@@ -56,7 +62,6 @@ class Replay:
     _spill_after: int
     _wake: Callable[[FunctionQueue], None] | None
     _dropped: Callable[[FunctionQueue, int], None] | None
-    _spilled_rows: list[SpilledRow]
     _model: tuple[JobTable, FunctionRegistry, Schedule] | None
 
     if TYPE_CHECKING:
@@ -76,10 +81,11 @@ class Replay:
             return succeed([])
         d: Deferred[Any] = maybeDeferred(store.open)
         if self._spill_after:
+            # The queued jobs come as records after these (see replay).
             spilling: Any = store
-            d.addCallback(lambda _: spilling.load_index())
-            return d.addCallback(self._loaded_index)
-        d.addCallback(lambda _: store.load())
+            d.addCallback(lambda _: spilling.load_whole())
+        else:
+            d.addCallback(lambda _: store.load())
         return d.addCallback(self._loaded)
 
     def _loaded(self, records: list[StoredJob]) -> list[StoredJob]:
@@ -87,39 +93,91 @@ class Replay:
             self._seq = max(self._seq, record.id)
         return records
 
-    def _loaded_index(self, loaded: tuple[list[StoredJob], list[SpilledRow]]) -> list[StoredJob]:
-        records, self._spilled_rows = loaded
-        if self._spilled_rows:
-            self._seq = self._spilled_rows[-1][0]
-        return self._loaded(records)
-
     def replay(
         self,
         records: list[StoredJob],
         table: JobTable,
         registry: FunctionRegistry,
         schedule: Schedule,
-    ) -> None:
+    ) -> Deferred[None] | None:
         """
         Queue again the jobs the store kept, in their order (with new
         handles where a live job has theirs), then say the server is ready.
+        With spilling, the queued jobs are read as records after these, a
+        chunk at a time: the Deferred returned fires once they are.
         """
         with self._batch:
             if self._spill_after:
                 self._start_spill(table, registry)
             failed = self._queue(records, table, registry, schedule, None)
             self._keep_failed(failed, "stored")
-            spilled, self._spilled_rows = self._spilled_rows, []
-            if spilled:
-                failed_list = self.failed
-                assert self.spill is not None
-                self.spill.replay(
-                    spilled,
-                    registry,
-                    (lambda handle: handle in failed_list)
-                    if failed_list
-                    else (lambda handle: False),
-                )
+        replayed = len(records) - len(failed)
+        if self.spill is None:
+            self._replayed(replayed, len(failed), table, registry, schedule)
+            return None
+        return self._replay_index(registry).addCallback(
+            lambda spilled: self._replayed(
+                replayed + spilled, len(failed), table, registry, schedule
+            )
+        )
+
+    def _replay_index(self, registry: FunctionRegistry) -> Deferred[int]:
+        """
+        Read the queued jobs' records a chunk at a time (the next one is
+        read while one is queued), queue them, then fetch the first of
+        each queue.
+
+        @return: a Deferred firing with how many records were queued.
+        """
+        spill = self.spill
+        store: Any = self.store
+        assert spill is not None
+        failed_list = self.failed
+        taken: Callable[[bytes], bool] = (
+            (lambda handle: handle in failed_list) if failed_list else (lambda handle: False)
+        )
+        done: Deferred[int] = Deferred()
+        total = 0
+        # Millions of new records, and no garbage: the cyclic collector
+        # would walk them again and again (half the time of a big replay).
+        collecting = gc.isenabled()
+        gc.disable()
+
+        def restore(result: object) -> object:
+            if collecting:
+                gc.enable()
+            return result
+
+        done.addBoth(restore)
+
+        def queue(rows: list[SpilledRow]) -> None:
+            nonlocal total
+            more = len(rows) >= INDEX_CHUNK
+            if more:
+                following = store.load_index(rows[-1][0], INDEX_CHUNK)
+            with self._batch:
+                if rows:
+                    self._seq = max(self._seq, rows[-1][0])
+                    spill.replay(rows, registry, taken)
+                    total += len(rows)
+                if not more:
+                    spill.replayed(registry)
+            if more:
+                following.addCallback(queue).addErrback(done.errback)
+            else:
+                done.callback(total)
+
+        store.load_index(0, INDEX_CHUNK).addCallback(queue).addErrback(done.errback)
+        return done
+
+    def _replayed(
+        self,
+        replayed: int,
+        failed: int,
+        table: JobTable,
+        registry: FunctionRegistry,
+        schedule: Schedule,
+    ) -> None:
         for fq in registry.over_limit():
             self.log.warn(
                 "{function} has {n} stored jobs, over its max queue; all are kept",
@@ -128,8 +186,8 @@ class Replay:
             )
         self.log.info(
             "Replayed {n} stored jobs ({failed} of them in the failed list)",
-            n=len(records) - len(failed) + len(spilled),
-            failed=len(failed),
+            n=replayed,
+            failed=failed,
         )
         self._model = (table, registry, schedule)
         self.set_ready()

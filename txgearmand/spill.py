@@ -20,13 +20,12 @@ by handle or unique id (a status query, a coalescing submission) makes a
 whole job of a record at once (L{JobTable.promote}); its payload comes
 with its turn.
 
-Replay at start loads only the records of the jobs beyond the first
-C{keep} of their function and priority (L{ISpillStore.load_index}).
+Replay at start reads the queued jobs as records, a chunk at a time
+(L{ISpillStore.load_index}), and fetches the first of each queue back.
 """
 
 from __future__ import annotations
 
-import gc
 from collections import deque
 from collections.abc import Callable
 
@@ -262,28 +261,24 @@ class Spill:
         taken: Callable[[bytes], bool],
     ) -> None:
         """
-        Queue the records of replayed jobs at the back of their tails (in
-        id order, behind the whole jobs queued before), then fetch the
-        first of each queue back.
+        Queue the records of replayed jobs (a chunk of them, in id order)
+        at the back of their tails, behind the whole jobs queued before;
+        L{replayed} once all are.
 
         @param taken: whether a handle is in use elsewhere (the failed
             list): such a record gets a new handle.
         """
-        table = self.table
-        # A million new records, and no garbage: the cyclic collector would
-        # walk them again and again (half the time of a big replay).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            self._replay(rows, registry, taken)
-        finally:
-            if collecting:
-                gc.enable()
+        self._replay(rows, registry, taken)
         if rows:
             # New handles follow the last replayed one (new_handle skips any
             # other that is live).
-            table.note_handle(rows[-1][1])
-        table.held_bytes += SPILLED_COST * len(rows)
+            self.table.note_handle(rows[-1][1])
+        self.table.held_bytes += SPILLED_COST * len(rows)
+
+    def replayed(self, registry: FunctionRegistry) -> None:
+        """
+        Every replayed record is queued: fetch the first of each queue.
+        """
         for fq in list(registry):
             for p in range(3):
                 self.refill(fq, p)

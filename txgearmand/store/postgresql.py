@@ -524,32 +524,44 @@ class PostgreSQLStore(ThreadedStore):
 
         return self._run(select)
 
-    def load_index(self) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
-        def select() -> tuple[list[StoredJob], list[SpilledRow]]:
+    def load_whole(self) -> Deferred[list[StoredJob]]:
+        def select() -> list[StoredJob]:
             conn = self._connection()
             owned = (self.node, self.epoch)
-            rows = conn.execute(
-                f"SELECT id, handle, function, uniq, priority FROM {self.table}"
-                " WHERE owner = %s AND epoch = %s AND when_to_run IS NULL AND failed_at IS NULL"
-                " AND uniq <> '\\x2d'::bytea ORDER BY id",
-                owned,
-            ).fetchall()
             whole = conn.execute(
                 f"SELECT {_COLUMNS} FROM {self.table} WHERE owner = %s AND epoch = %s"
                 " AND (when_to_run IS NOT NULL OR failed_at IS NOT NULL OR uniq = '\\x2d'::bytea)"
                 " ORDER BY id",
                 owned,
             ).fetchall()
-            # As in load: a heartbeat after what may take a while.
-            conn.execute(
-                f"UPDATE {self.table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",
-                owned,
-            )
-            # The rows as the driver gives them (tuples, or pg8000's lists):
-            # a million are unpacked once each at replay.
-            return [StoredJob(*row) for row in whole], rows
+            self._beat(conn)
+            return [StoredJob(*row) for row in whole]
 
         return self._run(select)
+
+    def load_index(self, after: int, limit: int) -> Deferred[list[SpilledRow]]:
+        def select() -> list[SpilledRow]:
+            conn = self._connection()
+            rows = conn.execute(
+                f"SELECT id, handle, function, uniq, priority FROM {self.table}"
+                " WHERE owner = %s AND epoch = %s AND id > %s AND when_to_run IS NULL"
+                " AND failed_at IS NULL AND uniq <> '\\x2d'::bytea ORDER BY id LIMIT %s",
+                (self.node, self.epoch, after, limit),
+            ).fetchall()
+            self._beat(conn)
+            # The rows as the driver gives them (tuples, or pg8000's lists):
+            # a million are unpacked once each at replay.
+            return rows  # type: ignore[no-any-return]
+
+        return self._run(select)
+
+    def _beat(self, conn: Any) -> None:
+        # As in load: a heartbeat after what may take a while, so that
+        # this node is not taken for dead before its first one.
+        conn.execute(
+            f"UPDATE {self.table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",
+            (self.node, self.epoch),
+        )
 
     def fetch(self, job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:
         ids = list(job_ids)

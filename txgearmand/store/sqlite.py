@@ -188,7 +188,8 @@ _SELECT = "SELECT " + _COLUMNS + " FROM txgearmand_jobs ORDER BY id"
 # (Jobs with the unique "-", x'2d', coalesce on their payload: whole.)
 _SELECT_INDEX = (
     "SELECT id, handle, function, uniq, priority FROM txgearmand_jobs"
-    " WHERE when_to_run IS NULL AND failed_at IS NULL AND uniq != x'2d' ORDER BY id"
+    " WHERE id > ? AND when_to_run IS NULL AND failed_at IS NULL AND uniq != x'2d'"
+    " ORDER BY id LIMIT ?"
 )
 _SELECT_WHOLE_IDS = (
     "SELECT id FROM txgearmand_jobs"
@@ -405,16 +406,22 @@ class SQLiteStore(ThreadedStore):
 
         return self._run(select)
 
-    def load_index(self) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
-        def select() -> tuple[list[StoredJob], list[SpilledRow]]:
+    def load_whole(self) -> Deferred[list[StoredJob]]:
+        def select() -> list[StoredJob]:
             db = self._db
             assert db is not None
-            # Fast path: the rows come as sqlite3's own tuples, with no
-            # Python code per row (a million rows in about a second).
-            rows = db.execute(_SELECT_INDEX).fetchall()
             whole = self._select(db, [r[0] for r in db.execute(_SELECT_WHOLE_IDS)])
             whole.sort()
-            return whole, rows
+            return whole
+
+        return self._run(select)
+
+    def load_index(self, after: int, limit: int) -> Deferred[list[SpilledRow]]:
+        def select() -> list[SpilledRow]:
+            assert self._db is not None
+            # Fast path: the rows come as sqlite3's own tuples, with no
+            # Python code per row (a million rows in about a second).
+            return self._db.execute(_SELECT_INDEX, (after, limit)).fetchall()
 
         return self._run(select)
 

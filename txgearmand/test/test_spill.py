@@ -36,16 +36,21 @@ class SpillStore(MemoryStore):
         self.fail_fetch = False
         self.indexed = 0
 
-    def load_index(self) -> Deferred[tuple[list[StoredJob], list[SpilledRow]]]:
+    def _whole(self, job: StoredJob) -> bool:
+        return job.when is not None or job.failed_at is not None or job.unique == b"-"
+
+    def load_whole(self) -> Deferred[list[StoredJob]]:
+        return succeed([self.jobs[k] for k in sorted(self.jobs) if self._whole(self.jobs[k])])
+
+    def load_index(self, after: int, limit: int) -> Deferred[list[SpilledRow]]:
         self.indexed += 1
-        whole: list[StoredJob] = []
         rows: list[SpilledRow] = []
-        for job in (self.jobs[k] for k in sorted(self.jobs)):
-            if job.when is not None or job.failed_at is not None or job.unique == b"-":
-                whole.append(job)
-            else:
+        for job in (self.jobs[k] for k in sorted(self.jobs) if k > after):
+            if len(rows) == limit:
+                break
+            if not self._whole(job):
                 rows.append((job.id, job.handle, job.function, job.unique, job.priority))
-        return succeed((whole, rows))
+        return succeed(rows)
 
     def fetch(self, job_ids: Sequence[int]) -> Deferred[list[StoredJob]]:
         if self.fail_fetch:
@@ -575,6 +580,66 @@ class SpillReplayTests(SpillTestMixin, SynchronousTestCase):
             got, [(h, b"f", b"u%d" % i, b"payload %d" % i) for i, h in enumerate(handles)]
         )
         self.assertEqual(worker.grab(), (P.NO_JOB, ()))
+
+    def test_replay_in_chunks(self) -> None:
+        """
+        The records are read a chunk at a time (the last one empty when
+        the one before was full), queued in order, and the server serves
+        only once all are: they coalesce, drain in order, and new jobs get
+        new ids and handles.
+        """
+        import gc
+
+        from txgearmand import replay
+
+        handles = self.fill()
+        self.patch(replay, "INDEX_CHUNK", 3)
+        self.start(spill_after=2)
+        self.assertEqual(self.store.indexed, 5)
+        self.successResultOf(self.server.when_ready())
+        self.assertTrue(gc.isenabled())
+        self.assertEqual(self.server.registry.get(b"f").queued, [0, 10, 0])  # type: ignore[union-attr]
+        client = self.connect()
+        client.send(P.SUBMIT_JOB_BG, b"f", b"u9", b"again")
+        client.send(P.SUBMIT_JOB_BG, b"f", b"new", b"x")
+        (first, second) = client.packets()
+        self.assertEqual(first, (P.JOB_CREATED, (handles[9],)))
+        self.assertNotIn(second[1][0], handles)
+        self.assertEqual(len(self.store.jobs), 13)
+        worker = self.connect().can_do(b"f")
+        got = self.drain(worker, 11)
+        self.assertEqual([g[0] for g in got], [*handles, second[1][0]])
+
+    def test_replay_chunk_fails(self) -> None:
+        """
+        A chunk the store fails to give fails the start, as a failed load
+        does, and the cyclic collector is on again.
+        """
+        import gc
+
+        from twisted.internet.defer import fail
+
+        from txgearmand import replay
+
+        self.fill()
+        self.patch(replay, "INDEX_CHUNK", 3)
+        calls = []
+
+        def failing(after: int, limit: int) -> Deferred[list[SpilledRow]]:
+            calls.append(after)
+            if after:
+                return fail(OSError("disk on fire"))
+            return SpillStore.load_index(self.store, after, limit)
+
+        self.patch(self.store, "load_index", failing)
+        logs = capture_logs(self)
+        self.start(spill_after=2)
+        self.assertFalse(self.server.durability.ready)
+        self.assertFalse(self.server.accepting)
+        self.assertEqual(calls, [0, 3])
+        self.assertTrue(gc.isenabled())
+        self.assertTrue(any("failed to open or load" in e.get("log_format", "") for e in logs))
+        self.flushLoggedErrors(OSError)
 
     def test_replayed_coalesce_and_new_handles(self) -> None:
         """

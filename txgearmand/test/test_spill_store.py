@@ -1,6 +1,6 @@
 """
 What a store that gives payloads back (L{ISpillStore}) does: the SQLite
-store's L{load_index} and L{fetch}.
+stores' L{load_whole}, L{load_index} and L{fetch}.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class SQLiteSpillTests(TestCase):
 
     async def test_load_index(self) -> None:
         """
-        Rows to run later and rows of the failed list come whole; every
-        other as a record, in id order.
+        Rows to run later, rows of the failed list and rows with the unique
+        C{-} come whole; every other as a record, in id order, a chunk at a
+        time.
         """
         store = await self.opened()
         rows = [
@@ -58,10 +59,9 @@ class SQLiteSpillTests(TestCase):
             job(7, unique=b"-"),
         ]
         await store.add_many(rows)
-        whole, spilled = await store.load_index()
-        self.assertEqual(whole, [rows[3], rows[5], rows[6]])
+        self.assertEqual(await store.load_whole(), [rows[3], rows[5], rows[6]])
         self.assertEqual(
-            [tuple(r) for r in spilled],
+            [tuple(r) for r in await store.load_index(0, 100)],
             [
                 (1, b"H:test:1", b"f", b"", 1),
                 (2, b"H:test:2", b"f", b"u2", 1),
@@ -69,6 +69,9 @@ class SQLiteSpillTests(TestCase):
                 (5, b"H:test:5", b"g", b"", 1),
             ],
         )
+        self.assertEqual([r[0] for r in await store.load_index(0, 2)], [1, 2])
+        self.assertEqual([r[0] for r in await store.load_index(2, 2)], [3, 5])
+        self.assertEqual(await store.load_index(5, 2), [])
 
     async def test_fetch(self) -> None:
         """
@@ -99,20 +102,22 @@ class PostgreSQLSpillTests(_SharedTestsMixin):
 
     async def test_own_rows(self) -> None:
         """
-        C{load_index} gives this node's queued rows as records and its
-        later and failed rows whole; C{fetch} gives only its own rows.
+        C{load_index} gives this node's queued rows as records, a chunk at
+        a time, and C{load_whole} its later and failed rows; C{fetch} gives
+        only its own rows.
         """
         a = await self.node("a")
         b = await self.node("b")
         rows = [job(1), job(2, unique=b"u2", priority=0), job(3, when=99.0), job(5, unique=b"-")]
         await a.add_many(rows)
         await b.add_many([job(1, function=b"g"), job(4, function=b"g")])
-        whole, spilled = await a.load_index()
-        self.assertEqual(whole, [rows[2], rows[3]])
+        self.assertEqual(await a.load_whole(), [rows[2], rows[3]])
         self.assertEqual(
-            [tuple(r) for r in spilled],
+            [tuple(r) for r in await a.load_index(0, 100)],
             [(1, b"H:test:1", b"f", b"", 1), (2, b"H:test:2", b"f", b"u2", 0)],
         )
+        self.assertEqual([r[0] for r in await a.load_index(1, 1)], [2])
+        self.assertEqual(await a.load_index(2, 1), [])
         self.assertEqual(sorted(await a.fetch([1, 2, 4])), rows[:2])
         self.assertEqual(await b.fetch([1, 2, 4]), [job(1, function=b"g"), job(4, function=b"g")])
 
