@@ -66,6 +66,8 @@ class CommitReplies:
     _held: deque[bytes | Job] | None
     #: L{_committed}, bound once.
     _on_commit: Callable[[Job, Failure | None], None]
+    #: The jobs of the held replies (each once).
+    _pending_jobs: set[Job]
     #: Jobs this connection submitted more than once before their commit.
     _twice: set[Job] | None
     #: Submissions waiting for the store.
@@ -106,15 +108,17 @@ class CommitReplies:
             if self.transport is not None:
                 self.transport.pauseProducing()  # type: ignore[attr-defined]
             self._guard.forget_stall(self)
-        waiters = job.commit_waiters
-        assert waiters is not None
-        if waiters and self._on_commit in waiters:
+        pending = self._pending_jobs
+        if job in pending:
             # Joined again from this connection: if the store fails it,
             # each of its held replies becomes an error at once.
             if self._twice is None:
                 self._twice = set()
             self._twice.add(job)
-        waiters.append(self._on_commit)
+        else:
+            pending.add(job)
+        assert job.commit_waiters is not None
+        job.commit_waiters.append(self._on_commit)
 
     def _committed(self, job: Job, failure: Failure | None) -> None:
         # Called by Durability once per submission of this connection that
@@ -140,6 +144,7 @@ class CommitReplies:
             elif item.commit_waiters is None:  # type: ignore[union-attr]
                 handle = item.handle  # type: ignore[union-attr]
                 data = _JOB_CREATED_HEAD + _pack_size(len(handle)) + handle
+                self._pending_jobs.discard(item)  # type: ignore[arg-type]
             else:
                 return
             held.popleft()
@@ -173,6 +178,7 @@ class CommitReplies:
         held = self._held
         assert held is not None
         text = b"The job store failed: " + _text(failure)
+        self._pending_jobs.discard(job)
         twice = self._twice
         if twice is not None and job in twice:
             twice.discard(job)

@@ -83,6 +83,7 @@ class GearmanProtocol(CommitReplies, Protocol):
         #: bytes, and the submitted jobs (each stands for its reply).
         self._held: deque[bytes | Job] | None = None
         self._on_commit = self._committed
+        self._pending_jobs: set[Job] = set()
         self._twice: set[Job] | None = None
         # Submissions waiting for the store, and whether that stopped reads.
         self._uncommitted = 0
@@ -198,6 +199,7 @@ class GearmanProtocol(CommitReplies, Protocol):
         self.closed = True
         self._out = []
         self._held = None
+        self._pending_jobs.clear()
         # The participant and the protocol point at each other, so only the
         # cyclic collector frees them: drop a partial packet now.
         self._parser.stop(_CLOSED)
@@ -437,6 +439,7 @@ class GearmanProtocol(CommitReplies, Protocol):
         self.closed = self._closing = True
         self._out = []
         self._held = None
+        self._pending_jobs.clear()
         self._guard.note_output(self, 0)
         self._guard.forget_stall(self)
         abort = getattr(transport, "abortConnection", None)

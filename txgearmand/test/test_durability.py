@@ -227,6 +227,9 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
                 (P.JOB_CREATED, (b"H:d:2",)),
             ],
         )
+        # Nothing is kept for the replies sent.
+        self.assertEqual(client.protocol._pending_jobs, set())
+        self.assertEqual(client.protocol._twice, set())
 
     def test_same_connection_joins_twice_refused(self) -> None:
         """
@@ -243,6 +246,7 @@ class AcknowledgeTests(DurabilityTestMixin, SynchronousTestCase):
             [(ptype, args[0]) for ptype, args in client.packets()],
             [(P.ERROR, b"QUEUE_ERROR"), (P.ECHO_RES, b"between"), (P.ERROR, b"QUEUE_ERROR")],
         )
+        self.assertEqual(client.protocol._pending_jobs, set())
         self.assertEqual(self.server.jobs(), [])
 
     def test_foreground_not_stored(self) -> None:
