@@ -147,6 +147,10 @@ class Durability(Replay, StoreWatch, SharedStore):
         self.adopt_timer: IDelayedCall | None = None
         self._adopting: Deferred[Any] | None = None
         self._closing = False
+        # The open and replay under way (see Replay.open), and whether the
+        # store opened.
+        self._starting: Deferred[Any] | None = None
+        self._opened = False
         self._adopt_failing = False
         self._taken_over = False
         self._model: tuple[JobTable, FunctionRegistry, Schedule] | None = None
@@ -180,14 +184,37 @@ class Durability(Replay, StoreWatch, SharedStore):
         if self.adopt_timer is not None and self.adopt_timer.active():
             self.adopt_timer.cancel()
         self.adopt_timer = None
-        if store is None or not self.ready:
-            return succeed(None)
         if self.spill is not None:
             self.spill.stop()
+        if store is None:
+            return succeed(None)
+        if not self.ready:
+            return self._close_when_started(store)
         self.flush()
         if self.watch_timer is not None and self.watch_timer.active():
             self.watch_timer.cancel()
         self.watch_timer = None
+        return self._close_store(store)
+
+    def _close_when_started(self, store: IJobStore) -> Deferred[None]:
+        # Stopped while the store opens or replays: close it once that
+        # ends (its thread would keep the process alive), if it opened.
+        starting = self._starting
+        if starting is None:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+
+        def ended(result: object) -> object:
+            if self._opened:
+                self._close_store(store).chainDeferred(done)
+            else:
+                done.callback(None)
+            return result
+
+        starting.addBoth(ended)
+        return done
+
+    def _close_store(self, store: IJobStore) -> Deferred[None]:
         d: Deferred[Any] = maybeDeferred(store.close)
         d.addErrback(lambda f: self.log.failure("Closing the job store failed", f))
         return d.addCallback(lambda _: None)

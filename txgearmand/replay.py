@@ -60,6 +60,9 @@ class Replay:
     _seq: int
     _clock: IReactorTime | None
     _spill_after: int
+    _closing: bool
+    _starting: Deferred[Any] | None
+    _opened: bool
     _wake: Callable[[FunctionQueue], None] | None
     _dropped: Callable[[FunctionQueue, int], None] | None
     _model: tuple[JobTable, FunctionRegistry, Schedule] | None
@@ -80,6 +83,9 @@ class Replay:
         if store is None:
             return succeed([])
         d: Deferred[Any] = maybeDeferred(store.open)
+        # (close() waits for this, and the replay chained on it, to end.)
+        self._starting = d
+        d.addCallback(self._did_open)
         if self._spill_after:
             # The queued jobs come as records after these (see replay).
             spilling: Any = store
@@ -87,6 +93,10 @@ class Replay:
         else:
             d.addCallback(lambda _: store.load())
         return d.addCallback(self._loaded)
+
+    def _did_open(self, result: object) -> object:
+        self._opened = True
+        return result
 
     def _loaded(self, records: list[StoredJob]) -> list[StoredJob]:
         for record in records:
@@ -104,28 +114,33 @@ class Replay:
         Queue again the jobs the store kept, in their order (with new
         handles where a live job has theirs), then say the server is ready.
         With spilling, the queued jobs are read as records after these, a
-        chunk at a time: the Deferred returned fires once they are.
+        chunk at a time, and the whole ones due now are queued among them
+        by id: the Deferred returned fires once all are.
         """
+        due: list[Job] | None = None
         with self._batch:
             if self._spill_after:
                 self._start_spill(table, registry)
-            failed = self._queue(records, table, registry, schedule, None)
+                due = []
+                # Jobs that come due meanwhile queue behind the replayed ones.
+                schedule.hold()
+            failed = self._queue(records, table, registry, schedule, None, due)
             self._keep_failed(failed, "stored")
         replayed = len(records) - len(failed)
-        if self.spill is None:
+        if due is None:
             self._replayed(replayed, len(failed), table, registry, schedule)
             return None
-        return self._replay_index(registry).addCallback(
+        return self._replay_index(registry, due).addCallback(
             lambda spilled: self._replayed(
                 replayed + spilled, len(failed), table, registry, schedule
             )
         )
 
-    def _replay_index(self, registry: FunctionRegistry) -> Deferred[int]:
+    def _replay_index(self, registry: FunctionRegistry, due: list[Job]) -> Deferred[int]:
         """
         Read the queued jobs' records a chunk at a time (the next one is
-        read while one is queued), queue them, then fetch the first of
-        each queue.
+        read while one is queued), queue them with the whole jobs C{due}
+        (in id order) among them, then fetch the first of each queue.
 
         @return: a Deferred firing with how many records were queued.
         """
@@ -138,6 +153,8 @@ class Replay:
         )
         done: Deferred[int] = Deferred()
         total = 0
+        whole = iter(due)
+        next_whole = next(whole, None)
         # Millions of new records, and no garbage: the cyclic collector
         # would walk them again and again (half the time of a big replay).
         collecting = gc.isenabled()
@@ -150,24 +167,54 @@ class Replay:
 
         done.addBoth(restore)
 
-        def queue(rows: list[SpilledRow]) -> None:
-            nonlocal total
-            more = len(rows) >= INDEX_CHUNK
-            if more:
-                following = store.load_index(rows[-1][0], INDEX_CHUNK)
-            with self._batch:
-                if rows:
-                    self._seq = max(self._seq, rows[-1][0])
-                    spill.replay(rows, registry, taken)
-                    total += len(rows)
-                if not more:
-                    spill.replayed(registry)
-            if more:
-                following.addCallback(queue).addErrback(done.errback)
-            else:
-                done.callback(total)
+        def place(rows: list[SpilledRow]) -> None:
+            # The chunk's records, with the whole jobs whose ids fall among
+            # them queued in their places.
+            nonlocal next_whole
+            start = 0
+            while next_whole is not None and next_whole.store_id < rows[-1][0]:  # type: ignore[operator]
+                at = _first_above(rows, next_whole.store_id, start)  # type: ignore[arg-type]
+                if at > start:
+                    spill.replay(rows[start:at], registry, taken)
+                next_whole.queue.push(next_whole)
+                start = at
+                next_whole = next(whole, None)
+            spill.replay(rows[start:] if start else rows, registry, taken)
 
-        store.load_index(0, INDEX_CHUNK).addCallback(queue).addErrback(done.errback)
+        def queue(rows: list[SpilledRow]) -> None:
+            nonlocal total, next_whole
+            if self._closing:
+                # Stopped meanwhile: read no more (close() waits for this).
+                done.callback(total)
+                return
+            more = len(rows) >= INDEX_CHUNK
+            following = store.load_index(rows[-1][0], INDEX_CHUNK) if more else None
+            try:
+                with self._batch:
+                    if rows:
+                        self._seq = max(self._seq, rows[-1][0])
+                        place(rows)
+                        total += len(rows)
+                    if following is None:
+                        while next_whole is not None:
+                            next_whole.queue.push(next_whole)
+                            next_whole = next(whole, None)
+                        spill.replayed(registry)
+            except BaseException:
+                if following is not None:
+                    # The start fails with this; the next chunk is not read.
+                    following.addErrback(lambda _: None)
+                raise
+            if following is None:
+                done.callback(total)
+            else:
+                following.addCallback(queue).addErrback(fail)
+
+        def fail(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+
+        maybeDeferred(store.load_index, 0, INDEX_CHUNK).addCallback(queue).addErrback(fail)
         return done
 
     def _replayed(
@@ -178,6 +225,10 @@ class Replay:
         registry: FunctionRegistry,
         schedule: Schedule,
     ) -> None:
+        if self._closing:
+            # Stopped before it was ready: it never serves.
+            return
+        schedule.resume()
         for fq in registry.over_limit():
             self.log.warn(
                 "{function} has {n} stored jobs, over its max queue; all are kept",
@@ -200,11 +251,13 @@ class Replay:
         registry: FunctionRegistry,
         schedule: Schedule,
         enqueue: Callable[[Job], None] | None,
+        due: list[Job] | None = None,
     ) -> list[FailedJob]:
         """
         Make and queue jobs from records: replayed ones (no C{enqueue}: no
         worker is connected yet) under their handles where free, adopted
-        ones under new handles, queued with C{enqueue}.
+        ones under new handles, queued with C{enqueue}.  With C{due}, the
+        jobs to queue now go there instead, in order, for the caller.
 
         @return: the records' jobs that are in the failed list, not queued
             (see L{_keep_failed}).
@@ -230,6 +283,8 @@ class Replay:
                 schedule.add(job)
             elif enqueue is not None:
                 enqueue(job)
+            elif due is not None:
+                due.append(job)
             else:
                 job.queue.push(job)
         return failed
@@ -293,6 +348,21 @@ class Replay:
                     d.callback(None)
                 else:
                     d.errback(failure)
+
+
+def _first_above(rows: list[SpilledRow], store_id: int, lo: int) -> int:
+    """
+    The index of the first of C{rows} (in id order) from C{lo} on whose id
+    is above C{store_id} (C{len(rows)} if none is).
+    """
+    hi = len(rows)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rows[mid][0] <= store_id:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _no_wake(fq: FunctionQueue) -> None:

@@ -30,6 +30,7 @@ class Schedule:
         self._heap: list[tuple[float, int, Job]] = []
         self._counter = 0
         self._timer: IDelayedCall | None = None
+        self._holding = False
 
     def now(self) -> float:
         """
@@ -48,7 +49,24 @@ class Schedule:
         heapq.heappush(self._heap, (job.when, self._counter, job))
         self._arm()
 
+    def hold(self) -> None:
+        """
+        Release no job until L{resume} (a replay is still queueing the
+        jobs that were queued before them).
+        """
+        self._holding = True
+        self.stop()
+
+    def resume(self) -> None:
+        """
+        Release jobs again, those due meanwhile first.
+        """
+        self._holding = False
+        self._arm()
+
     def _arm(self) -> None:
+        if self._holding:
+            return
         heap = self._heap
         while heap and heap[0][2].state is not _SCHEDULED:
             heapq.heappop(heap)

@@ -35,6 +35,10 @@ class SpillStore(MemoryStore):
         self.fetches: list[tuple[list[int], Deferred[list[StoredJob]]]] = []
         self.fail_fetch = False
         self.indexed = 0
+        #: Chunks of the index asked for and not given yet (C{manual_index}).
+        self.manual_index = False
+        self.index_asked: list[tuple[int, int, Deferred[list[SpilledRow]]]] = []
+        self.closed = 0
 
     def _whole(self, job: StoredJob) -> bool:
         return job.when is not None or job.failed_at is not None or job.unique == b"-"
@@ -43,6 +47,26 @@ class SpillStore(MemoryStore):
         return succeed([self.jobs[k] for k in sorted(self.jobs) if self._whole(self.jobs[k])])
 
     def load_index(self, after: int, limit: int) -> Deferred[list[SpilledRow]]:
+        if self.manual_index:
+            d: Deferred[list[SpilledRow]] = Deferred()
+            self.index_asked.append((after, limit, d))
+            return d
+        return self._index_rows(after, limit)
+
+    def answer_index(self) -> None:
+        """
+        Give the first chunk asked for (C{manual_index}).
+        """
+        after, limit, d = self.index_asked.pop(0)
+        rows: list[list[SpilledRow]] = []
+        self._index_rows(after, limit).addCallback(rows.append)
+        d.callback(rows[0])
+
+    def close(self) -> Deferred[None]:
+        self.closed += 1
+        return super().close()
+
+    def _index_rows(self, after: int, limit: int) -> Deferred[list[SpilledRow]]:
         self.indexed += 1
         rows: list[SpilledRow] = []
         for job in (self.jobs[k] for k in sorted(self.jobs) if k > after):
@@ -640,6 +664,83 @@ class SpillReplayTests(SpillTestMixin, SynchronousTestCase):
         self.assertTrue(gc.isenabled())
         self.assertTrue(any("failed to open or load" in e.get("log_format", "") for e in logs))
         self.flushLoggedErrors(OSError)
+
+    def test_stop_during_chunked_replay(self) -> None:
+        """
+        Stopped while the records are read, the server reads no more,
+        never serves, fetches nothing, and closes the store once the chunk
+        being read has come.
+        """
+        from txgearmand import replay
+
+        self.fill()
+        self.patch(replay, "INDEX_CHUNK", 3)
+        self.store.manual_index = True
+        self.start(spill_after=2)
+        self.store.answer_index()
+        self.assertFalse(self.server.durability.ready)
+        closed = self.store.closed
+        stopped = self.server.stopService()
+        self.assertNoResult(stopped)
+        self.store.answer_index()
+        self.successResultOf(stopped)
+        self.assertEqual(self.store.index_asked, [])
+        self.assertEqual(self.store.closed, closed + 1)
+        self.assertFalse(self.server.durability.ready)
+        self.assertEqual(self.server.durability.spill.fetches, 0)  # type: ignore[union-attr]
+
+    def test_due_during_replay_queued_behind(self) -> None:
+        """
+        A scheduled job that comes due while the records are read is
+        queued behind every replayed job.
+        """
+        from txgearmand import replay
+
+        self.start(spill_after=0)
+        client = self.connect()
+        for i in range(6):
+            client.send(P.SUBMIT_JOB_BG, b"f", b"u%d" % i, b"p%d" % i)
+        due = b"%d" % (self.clock.seconds() + 5)
+        client.send(P.SUBMIT_JOB_EPOCH, b"f", b"later", due, b"s")
+        handles = [p[1][0] for p in client.packets()]
+        self.server.stopService()
+        self.patch(replay, "INDEX_CHUNK", 3)
+        self.store.manual_index = True
+        self.start(spill_after=2)
+        self.store.answer_index()
+        self.clock.advance(10)
+        while self.store.index_asked:
+            self.store.answer_index()
+        self.successResultOf(self.server.when_ready())
+        worker = self.connect().can_do(b"f")
+        self.assertEqual([g[0] for g in self.drain(worker, 7)], handles)
+
+    def test_whole_jobs_in_id_order(self) -> None:
+        """
+        Jobs that come back whole (the unique C{-}) are queued in their
+        places among the records, in every chunking.
+        """
+        from txgearmand import replay
+
+        self.start(spill_after=0)
+        client = self.connect()
+        uniques = [b"u0", b"-", b"u2", b"u3", b"-", b"u5", b"u6", b"-"]
+        for i, unique in enumerate(uniques):
+            client.send(P.SUBMIT_JOB_BG, b"f", unique, b"p%d" % i)
+        handles = [p[1][0] for p in client.packets()]
+        self.server.stopService()
+        for chunk in (1, 2, 3, 50_000):
+            self.patch(replay, "INDEX_CHUNK", chunk)
+            self.start(spill_after=2)
+            worker = self.connect().can_do(b"f")
+            # Taken without completing, so every start replays them all.
+            order = []
+            for _ in uniques:
+                packet = worker.grab()
+                self.assertEqual(packet[0], P.JOB_ASSIGN_UNIQ)
+                order.append(packet[1][0])
+            self.assertEqual(order, handles, chunk)
+            self.server.stopService()
 
     def test_replayed_coalesce_and_new_handles(self) -> None:
         """
