@@ -2,10 +2,10 @@
 """
 The store at start: the part of L{txgearmand.durability.Durability} that
 opens the store and loads what it kept (with a store that spills, the
-queued jobs only as records, a chunk at a time), replays it - the jobs queued again in
-their order, those of the failed list back in it, the spilled ones as
-records - and says when the server is ready.  Adopted jobs are made and
-queued the same way (L{txgearmand.takeover}).
+queued jobs only as records, a chunk at a time), replays it - the jobs
+queued again in their order, those of the failed list back in it, the
+spilled ones as records - and says when the server is ready.  Adopted
+jobs are made and queued the same way (L{txgearmand.takeover}).
 """
 
 from __future__ import annotations
