@@ -19,10 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txgearmand import wire
-from txgearmand.batching import OutputBatch
 from txgearmand.guard import Guard
 from txgearmand.job import Job
-from txgearmand.meters import Traffic
 from txgearmand.server import JobServer
 from txgearmand.settings import Settings
 from txgearmand.wire import PacketType
@@ -55,9 +53,6 @@ class CommitReplies:
     transport: ITransport | None
     closed: bool
     paused: bool
-    _batch: OutputBatch
-    _out: list[bytes]
-    _traffic: Traffic
     _guard: Guard
     _settings: Settings
     _reserved: int
@@ -134,9 +129,8 @@ class CommitReplies:
         elif self._twice is not None:
             self._twice.discard(job)
         # Fast path: stores commit in order, so the job is the head of the
-        # held output; its JOB_CREATED is encoded and buffered inline (a
-        # call per reply instead of four).
-        batch = self._batch
+        # held output; its JOB_CREATED is encoded inline (a call per reply
+        # instead of three).
         while held:
             item = held[0]
             if type(item) is bytes:
@@ -148,16 +142,7 @@ class CommitReplies:
             else:
                 return
             held.popleft()
-            if self.closed:
-                continue
-            if batch.depth:
-                # As _emit, inline.
-                self._traffic.packets_out += 1
-                out = self._out
-                if not out:
-                    batch.mark_dirty(self)
-                out.append(data)
-            else:
+            if not self.closed:
                 self._emit(data)
         self._held = None
 

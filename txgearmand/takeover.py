@@ -74,6 +74,7 @@ class SharedStore:
             registry: FunctionRegistry,
             schedule: Schedule,
             enqueue: Callable[[Job], None] | None,
+            due: list[Job] | None = None,
         ) -> list[FailedJob]: ...
 
         def _keep_failed(self, jobs: list[FailedJob], how: str) -> None: ...

@@ -514,12 +514,7 @@ class PostgreSQLStore(ThreadedStore):
                 )
                 .fetchall()
             )
-            # Loading many jobs takes a while: a heartbeat, so that this
-            # node is not taken for dead before its first one.
-            self._conn.execute(
-                f"UPDATE {self.table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",
-                (self.node, self.epoch),
-            )
+            self._beat(self._conn)
             return [StoredJob(*row) for row in rows]
 
         return self._run(select)
@@ -556,7 +551,7 @@ class PostgreSQLStore(ThreadedStore):
         return self._run(select)
 
     def _beat(self, conn: Any) -> None:
-        # As in load: a heartbeat after what may take a while, so that
+        # Loading many jobs takes a while: a heartbeat after it, so that
         # this node is not taken for dead before its first one.
         conn.execute(
             f"UPDATE {self.table}_nodes SET heartbeat = now() WHERE name = %s AND epoch = %s",

@@ -7,17 +7,20 @@ memory, and come back from the store ahead of the workers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 
-from txgearmand.interfaces import ISpillStore, SpilledRow, StoredJob
+from txgearmand.interfaces import Adoption, ISpillStore, SpilledRow, StoredJob
 from txgearmand.job import JOB_OVERHEAD, SPILLED_COST
 from txgearmand.records import Spilled
+from txgearmand.server import JobServer
 from txgearmand.spill import spillable
 from txgearmand.store import MemoryStore
-from txgearmand.test.helpers import capture_logs
+from txgearmand.test.helpers import FakeConnection, capture_logs
 from txgearmand.test.test_durability import DurabilityTestMixin
 from txgearmand.wire import PacketType as P
 
@@ -850,17 +853,12 @@ class SpillTakeoverTests(SynchronousTestCase):
     here, as whole ones are.
     """
 
-    def test_taken_over(self) -> None:
+    def shared_server(self) -> tuple[Any, Clock, JobServer]:
         """
-        Taken over, the server forgets the spilled jobs not kept (they run
-        on the adopter) and keeps the kept ones, in order; the store's rows
-        stay.
+        A started server on a fake store that is both shared and spilling,
+        its clock and the store.
         """
-        from twisted.internet.task import Clock
-
-        from txgearmand.interfaces import Adoption, ISharedJobStore
-        from txgearmand.server import JobServer
-        from txgearmand.test.helpers import FakeConnection
+        from txgearmand.interfaces import ISharedJobStore
         from txgearmand.test.test_shared_store import FakeSharedStore
 
         @implementer(ISharedJobStore, ISpillStore)
@@ -873,6 +871,15 @@ class SpillTakeoverTests(SynchronousTestCase):
         clock = Clock()
         server = JobServer(clock, store=store, job_handle_prefix=b"H:me", spill_after=2)
         server.startService()
+        return store, clock, server
+
+    def test_taken_over(self) -> None:
+        """
+        Taken over, the server forgets the spilled jobs not kept (they run
+        on the adopter) and keeps the kept ones, in order; the store's rows
+        stay.
+        """
+        store, clock, server = self.shared_server()
         client = FakeConnection(server)
         handles = [client.submit(b"f", b"%d" % i, ptype=P.SUBMIT_JOB_BG) for i in range(6)]
         self.assertEqual(len(server.table.spilled), 4)
@@ -898,23 +905,7 @@ class SpillTakeoverTests(SynchronousTestCase):
         (nothing reads a tail with no live job in it), and a function left
         with nothing is forgotten.
         """
-        from twisted.internet.task import Clock
-
-        from txgearmand.interfaces import Adoption, ISharedJobStore
-        from txgearmand.server import JobServer
-        from txgearmand.test.helpers import FakeConnection
-        from txgearmand.test.test_shared_store import FakeSharedStore
-
-        @implementer(ISharedJobStore, ISpillStore)
-        class Both(FakeSharedStore, SpillStore):
-            def __init__(self) -> None:
-                FakeSharedStore.__init__(self)
-                SpillStore.__init__(self)
-
-        store = Both()
-        clock = Clock()
-        server = JobServer(clock, store=store, job_handle_prefix=b"H:me", spill_after=2)
-        server.startService()
+        store, clock, server = self.shared_server()
         client = FakeConnection(server)
         for i in range(6):
             client.submit(b"f", b"%d" % i, ptype=P.SUBMIT_JOB_BG)
