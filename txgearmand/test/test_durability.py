@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -474,6 +474,49 @@ class ReplayTests(DurabilityTestMixin, SynchronousTestCase):
         self.assertTrue(self.store.opened)
         self.server.stopService()
         self.assertFalse(self.store.opened)
+
+    def test_stop_while_loading_closes_store(self) -> None:
+        """
+        Stopped while the store loads, the server waits for the load to
+        end, never serves, and closes the store.
+        """
+        loading: Deferred[list[StoredJob]] = Deferred()
+
+        @implementer(IJobStore)
+        class SlowStore(MemoryStore):
+            def load(self) -> Deferred[list[StoredJob]]:
+                return loading
+
+        store = SlowStore()
+        self.start(store)
+        stopped = self.server.stopService()
+        self.assertNoResult(stopped)
+        self.assertTrue(store.opened)
+        loading.callback([StoredJob(7, b"H:d:7", b"f", b"", b"old", 1, None, b"")])
+        self.successResultOf(stopped)
+        self.assertFalse(store.opened)
+        self.assertFalse(self.server.ready)
+
+    def test_stop_after_failed_open(self) -> None:
+        """
+        A store that failed to open is not closed at the stop (it has
+        nothing open), and the stop ends.
+        """
+        closed: list[bool] = []
+
+        @implementer(IJobStore)
+        class BrokenStore(MemoryStore):
+            def open(self) -> Deferred[None]:
+                return fail(OSError("no such database"))
+
+            def close(self) -> Deferred[None]:
+                closed.append(True)
+                return succeed(None)
+
+        self.start(BrokenStore())
+        self.successResultOf(self.server.stopService())
+        self.assertEqual(closed, [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
 
 class BackpressureTests(DurabilityTestMixin, SynchronousTestCase):
